@@ -1,0 +1,11 @@
+"""Tiny ImageNet (200 classes, 64x64): data, models, training and the quick diagnosis.
+
+Layers, each importing only those below it:
+    data, download, cache, synthetic, models_imagenet, best_model_imagenet, registry   (bottom)
+    train (the loop), checkpoint, distributed                                          (middle)
+    diagnosis, stats                                                                   (above the loop)
+    plotting                                                                           (used from the top)
+    quick_diagnosis.py, notebooks/, benchmarks/                                        (faces)
+Nothing is imported here eagerly, so `import tinyimagenet` stays cheap.
+"""
+__version__ = "0.1.0"

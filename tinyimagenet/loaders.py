@@ -1,0 +1,180 @@
+"""Batches for training and evaluation from in-memory uint8 images, augmented and normalized on
+the training device, and `load_data`, which assembles both splits for a run.
+
+    from tinyimagenet.loaders import load_data, BatchLoader
+    data = load_data("data", train_per_class=100)               # or synthetic=True, archive=...
+    loader = BatchLoader(data.train_images, data.train_targets, 256, train=True, device="cuda")
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for x, y in loader: ...          # x: float (B,3,64,64) normalized, channels_last layout
+
+Why on the device: a DataLoader with two CPU workers cannot feed a GPU with 64x64 images, while
+the whole uint8 train split (1.2 GB) fits in GPU memory and a gather does crop+flip for a batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import distributed
+from .cache import default_cache_dir, load_split
+from .data import MEAN, STD, DatasetError, find_root
+from .synthetic import make_synthetic
+
+
+# ------------------------------------------------------------- batched augmentation on device
+def crop_flip(images: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, flip: torch.Tensor,
+              pad: int) -> torch.Tensor:
+    """Per-image random crop (zero padding `pad`) and horizontal flip of uint8 NHWC images.
+
+    One gather does both: row r of output image b is padded row dy[b]+r, column c is padded column
+    dx[b]+c, or dx[b]+(W-1-c) when flipped. Same result as torchvision's RandomCrop(padding=pad,
+    fill=0) + RandomHorizontalFlip applied image by image.
+    """
+    n, h, w, _ = images.shape
+    padded = F.pad(images, (0, 0, pad, pad, pad, pad)) if pad else images
+    ar_h = torch.arange(h, device=images.device)
+    ar_w = torch.arange(w, device=images.device)
+    rows = dy[:, None] + ar_h                                              # (B,H)
+    cols = dx[:, None] + torch.where(flip[:, None], w - 1 - ar_w, ar_w)    # (B,W)
+    b = torch.arange(n, device=images.device)[:, None, None]
+    return padded[b, rows[:, :, None], cols[:, None, :]]                   # (B,H,W,C)
+
+
+class Normalizer:
+    """uint8 NHWC -> float NCHW (channels_last memory), (x/255 - mean)/std fused into one affine."""
+
+    def __init__(self, device, mean=MEAN, std=STD, enabled: bool = True):
+        std_t = torch.tensor(std, device=device)
+        self.scale = (1.0 / (255.0 * std_t)) if enabled else torch.full((3,), 1.0 / 255, device=device)
+        self.shift = (-torch.tensor(mean, device=device) / std_t) if enabled else torch.zeros(3, device=device)
+
+    def __call__(self, batch_nhwc: torch.Tensor) -> torch.Tensor:
+        x = torch.addcmul(self.shift, batch_nhwc.float(), self.scale)  # broadcasts over C last
+        return x.permute(0, 3, 1, 2)  # NCHW view of NHWC memory = channels_last
+
+
+class BatchLoader:
+    """Batches from in-memory uint8 images: shuffle, per-image crop+flip, normalize, on `device`.
+
+    Deterministic: epoch e's order and augmentation come from a generator seeded with (seed, e),
+    so a resumed run can skip the first `start_step` batches and see exactly what it would have.
+    Distributed: with `world_size > 1` each rank takes its own shard (rank::world_size of the
+    shuffled order for training; a contiguous slice, no padding, for evaluation so that summed
+    metrics equal a single-process pass).
+    """
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int, *,
+                 train: bool, augment: bool = True, device="cpu", seed: int = 0, pad: int = 4,
+                 normalize: bool = True, rank: int = 0, world_size: int = 1):
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be uint8 (N,H,W,3), got {images.dtype} {tuple(images.shape)}")
+        self.device = torch.device(device)
+        # Everything lives on the training device: no host->device copy per batch on a GPU.
+        self.images = images.to(self.device)
+        self.targets = targets.to(self.device)
+        self.batch_size, self.train, self.augment = batch_size, train, augment and train
+        self.seed, self.pad, self.rank, self.world_size = seed, pad, rank, world_size
+        self.normalizer = Normalizer(self.device, enabled=normalize)
+        self.epoch, self.start_step = 0, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = epoch, start_step
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.targets)
+        if not self.train:
+            per = -(-n // self.world_size)
+            lo, hi = min(n, self.rank * per), min(n, (self.rank + 1) * per)
+            return torch.arange(lo, hi, device=self.device)
+        g = torch.Generator(device="cpu").manual_seed(self.seed * 100_003 + self.epoch)
+        perm = torch.randperm(n, generator=g)
+        per = n // self.world_size  # equal step counts on every rank
+        return perm[self.rank::self.world_size][:per].to(self.device)
+
+    def _count(self) -> int:
+        n = len(self.targets)
+        if self.train:
+            return n // self.world_size
+        per = -(-n // self.world_size)
+        return min(n, (self.rank + 1) * per) - min(n, self.rank * per)
+
+    def __len__(self) -> int:
+        # Training drops a last batch of one image: BatchNorm cannot normalize a single sample.
+        full, rest = divmod(self._count(), self.batch_size)
+        return full + (rest >= (2 if self.train else 1))
+
+    def __iter__(self):
+        idx = self._indices()
+        n = len(idx)
+        if self.augment:  # one draw per image for the whole epoch: skipping batches stays exact
+            g = torch.Generator(device="cpu").manual_seed(self.seed * 100_003 + self.epoch + 7_919)
+            dx = torch.randint(0, 2 * self.pad + 1, (n,), generator=g).to(self.device)
+            dy = torch.randint(0, 2 * self.pad + 1, (n,), generator=g).to(self.device)
+            flip = (torch.rand(n, generator=g) < 0.5).to(self.device)
+        for step in range(self.start_step, len(self)):
+            sl = slice(step * self.batch_size, min(n, (step + 1) * self.batch_size))
+            batch = self.images[idx[sl]]
+            if self.augment:
+                batch = crop_flip(batch, dx[sl], dy[sl], flip[sl], self.pad)
+            yield self.normalizer(batch), self.targets[idx[sl]]
+
+
+# ------------------------------------------------------------------------------ a run's data
+@dataclass
+class Data:
+    train_images: torch.Tensor   # uint8 (N,64,64,3), CPU
+    train_targets: torch.Tensor  # int64 (N,), sorted-wnid indices
+    val_images: torch.Tensor     # uint8 (M,64,64,3)
+    val_targets: torch.Tensor    # int64 (M,), from val_annotations.txt
+    classes: list                # sorted wnids
+    class_names: list            # first name from words.txt
+    root: str                    # the tiny-imagenet-200 folder used
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+SYNTHETIC = dict(num_classes=10, train_per_class=100, val_per_class=20, test_images=10)
+
+
+def synthetic_root(cache_dir=None) -> str:
+    """The generated offline dataset (made once under the cache folder)."""
+    parent = Path(default_cache_dir() if cache_dir is None else cache_dir) / "synthetic-c10-v1"
+    try:
+        return str(find_root(parent))
+    except DatasetError:
+        try:
+            return str(make_synthetic(parent, **SYNTHETIC))
+        except FileExistsError:  # another process made it meanwhile
+            return str(find_root(parent))
+
+
+def load_data(data_dir=None, *, archive: str | None = None, synthetic: bool = False,
+              train_per_class: int | None = None, val_per_class: int | None = None,
+              cache_dir=None, progress: bool = True) -> Data:
+    """Both labelled splits as uint8 tensors, from the decoded cache (built on first use).
+
+    Finds the data at `data_dir` ($TINYIMAGENET_ROOT or ./data when None), downloading the
+    official archive (or extracting `archive`) when it is absent. Under torchrun, rank 0 builds
+    the cache first and the other ranks reuse it.
+    """
+    if synthetic:
+        data_dir = synthetic_root(cache_dir)
+    is_main = not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
+        or torch.distributed.get_rank() == 0
+    if not is_main:
+        distributed.barrier()
+    try:
+        kw = dict(cache_dir=cache_dir, progress=progress and is_main)
+        train_x, train_y, train_ds = load_split(data_dir, "train", train_per_class, download=True,
+                                                archive=archive, **kw)
+        val_x, val_y, _ = load_split(train_ds.root, "val", val_per_class, **kw)
+    finally:
+        if is_main:
+            distributed.barrier()
+    return Data(train_x, train_y, val_x, val_y, train_ds.classes, train_ds.class_names, train_ds.root)

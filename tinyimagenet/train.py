@@ -1,0 +1,378 @@
+"""The training loop every face of the repo uses: quick diagnosis, notebooks, 50-epoch runs.
+
+    python -m tinyimagenet.train --model BaselineCNN --epochs 5 --recipe seed --out runs/base
+    python -m tinyimagenet.train --model BestModel --epochs 50 --recipe strong --out runs/best --resume
+    torchrun --nproc_per_node=2 -m tinyimagenet.train --model ResidualCNN --epochs 50 --out runs/res
+
+    from tinyimagenet.train import TrainConfig, fit
+    history = fit(TrainConfig(model="BaselineCNN", recipe="seed", epochs=5, train_per_class=100))
+
+Writes OUT/history.csv, OUT/last.pt (every epoch and on Ctrl-C), OUT/best.pt, OUT/config.json.
+Runs are reproducible and resumable exactly: epoch e's shuffle and augmentation come from
+(seed, e) and each step reseeds dropout from (seed, epoch, step, rank), so a resumed run sees the
+same batches and masks as an uninterrupted one (on deterministic CPU ops).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import distributed
+from .checkpoint import load_checkpoint, save_checkpoint, write_history_csv, write_json
+from .data import require_labels
+from .loaders import BatchLoader, Data, load_data
+from .registry import MODELS, build_model
+
+# ----------------------------------------------------------------------------- config and recipes
+RECIPES = {
+    # The seed's setting, under which the "stuck at 0.5%" failure was reported: Adam at a low lr
+    # (the seed suggests 5e-4 as the next step up), batch 128, no schedule, no regularizers.
+    "seed": dict(optimizer="adam", lr=1e-4, batch_size=128, weight_decay=0.0, schedule="none",
+                 warmup_epochs=0.0, label_smoothing=0.0),
+    # The 50-epoch recipe: SGD + Nesterov, linear warmup then cosine decay, weight decay on weights
+    # only, label smoothing. Why these values: see README "Recipes" (measured there).
+    "strong": dict(optimizer="sgd", lr=0.1, batch_size=256, weight_decay=5e-4, schedule="cosine",
+                   warmup_epochs=2.0, label_smoothing=0.1),
+}
+
+
+@dataclass
+class TrainConfig:
+    model: str = "BaselineCNN"           # registry name (tinyimagenet.registry.MODELS)
+    dropout: str = "fixed"               # "fixed" (one Dropout(0.3) in the classifier) or "legacy" (the seed's)
+    recipe: str = "strong"               # named defaults for the None fields below (RECIPES)
+    epochs: int = 50                     # passes over the training set
+    batch_size: int | None = None        # global batch (split over DDP ranks); None: recipe's
+    optimizer: str | None = None         # "adam" or "sgd" (Nesterov, momentum 0.9); None: recipe's
+    lr: float | None = None              # peak learning rate; None: recipe's
+    weight_decay: float | None = None    # L2 on conv/linear weights (not biases, not norms); None: recipe's
+    schedule: str | None = None          # "none" (constant) or "cosine" (to 0 at the end); None: recipe's
+    warmup_epochs: float | None = None   # linear warmup length; None: recipe's
+    label_smoothing: float | None = None  # cross-entropy smoothing in training; None: recipe's
+    augment: bool = True                 # random crop (pad 4) + horizontal flip, per image
+    normalize: bool = True               # Tiny ImageNet mean/std; False only to reproduce that fault
+    train_per_class: int | None = None   # first K train images per class; None: all
+    val_per_class: int | None = None     # first K val images per class; None: all
+    data_dir: str | None = None          # dataset folder (None: $TINYIMAGENET_ROOT or ./data)
+    archive: str | None = None           # local path / URL of tiny-imagenet-200.zip to extract
+    synthetic: bool = False              # use a generated dataset (offline demo and tests)
+    device: str = "auto"                 # "auto" (cuda if available), "cpu", "cuda", "cuda:1"
+    amp: bool = True                     # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True           # NHWC memory format (faster convs on GPU and oneDNN)
+    compile: bool = False                # torch.compile the model
+    seed: int = 0                        # seeds init, shuffling, augmentation and dropout
+    out: str | None = None               # output folder (history.csv, last.pt, best.pt, config.json)
+    resume: bool = False                 # continue from OUT/last.pt
+    progress: bool = True                # tqdm progress bars
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with every None field filled from the recipe, validated."""
+        if self.recipe not in RECIPES:
+            raise ValueError(f"--recipe must be one of {sorted(RECIPES)}, got {self.recipe!r}")
+        if self.model not in MODELS:
+            raise ValueError(f"--model must be one of {sorted(MODELS)}, got {self.model!r}")
+        filled = {k: (v if getattr(self, k) is None else getattr(self, k)) for k, v in RECIPES[self.recipe].items()}
+        cfg = dataclasses.replace(self, **filled)
+        if cfg.optimizer not in ("adam", "sgd") or cfg.schedule not in ("none", "cosine"):
+            raise ValueError(f"optimizer must be adam|sgd and schedule none|cosine, got {cfg.optimizer}, {cfg.schedule}")
+        if cfg.epochs < 1 or cfg.batch_size < 1 or not cfg.lr > 0:
+            raise ValueError(f"epochs, batch size and lr must be positive, got {cfg.epochs}, {cfg.batch_size}, {cfg.lr}")
+        return cfg
+
+
+class NonFiniteLossError(RuntimeError):
+    def __init__(self, epoch: int, step: int, value: float):
+        self.epoch, self.step, self.value = epoch, step, value
+        super().__init__(f"Loss became {value} at epoch {epoch}, step {step}: training stopped. The "
+                         "last checkpoint is the previous epoch's. Lower the lr or check the inputs.")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu.")
+    return torch.device(name)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # Weight decay on conv/linear weights only: decaying biases and norm gains just hurts.
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [dict(params=decay, weight_decay=cfg.weight_decay), dict(params=no_decay, weight_decay=0.0)]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+
+
+def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """Per-step multiplier: linear warmup to 1, then constant or cosine to 0."""
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    total = cfg.epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "none":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch * 100_003 + step * 101 + rank) % (2**63)
+
+
+# ---------------------------------------------------------------------- one epoch, and evaluation
+def train_one_epoch(model, loader, optimizer, scheduler, *, epoch: int, cfg: TrainConfig,
+                    device: torch.device, rank: int = 0, position: dict | None = None, bar=None) -> dict:
+    """Train one epoch over `loader`; returns {"step": steps done, "sums": [loss*n, correct, n]}.
+
+    `position` is that same dict, updated after every step, so a caller interrupted mid-epoch
+    (Ctrl-C) knows where it stopped; passing a saved one resumes there. Non-finite losses are
+    caught at the next sync point (every step on CPU, every 20 on GPU): NonFiniteLossError.
+    """
+    model.train()
+    amp = cfg.amp and device.type == "cuda"
+    sync_every = 1 if device.type == "cpu" else 20  # a GPU sync per step would cost throughput
+    position = {"step": 0, "sums": None} if position is None else position
+    if position.get("sums") is None:
+        position["sums"] = torch.zeros(3, dtype=torch.float64)
+    start_step = position["step"]
+    totals = position["sums"] = position["sums"].to(device)
+    losses, last_sync = [], start_step
+    t0, seen = time.perf_counter(), 0
+    loader.set_epoch(epoch, start_step)
+    steps = len(loader)
+    for step, (x, y) in enumerate(loader, start=start_step):
+        torch.manual_seed(_step_seed(cfg.seed, epoch, step, rank))  # dropout masks replayable on resume
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.detach())
+        totals += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
+                               torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
+        seen += len(y)
+        if (step + 1) % sync_every == 0 or step + 1 == steps:
+            window = torch.stack(losses)
+            if not bool(torch.isfinite(window).all()):
+                bad = int((~torch.isfinite(window)).nonzero()[0])
+                raise NonFiniteLossError(epoch + 1, last_sync + bad + 1, float(window[bad]))
+            losses.clear()
+            if bar is not None:
+                t = totals.tolist()
+                bar.set_postfix(loss=f"{t[0] / t[2]:.3f}", acc=f"{100 * t[1] / t[2]:.1f}%",
+                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+                bar.update(step + 1 - last_sync)
+            last_sync = step + 1
+        position["step"] = step + 1
+    return position
+
+
+@torch.no_grad()
+def evaluate(model, loader, device: torch.device | str = "cpu", amp: bool = False, split: str = "val") -> dict:
+    """Loss (plain cross-entropy), top-1 and top-5 accuracy in percent, over all ranks' shards.
+
+    Refuses a split without labels (the test split) rather than scoring against class 0.
+    """
+    require_labels(loader.targets, split)
+    device = torch.device(device)
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
+    loader.set_epoch(0)
+    for x, y in loader:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            logits = model(x)
+        logits = logits.float()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
+                             (top[:, 0] == y).sum().double(), (top == y[:, None]).any(1).sum().double(),
+                             torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
+    loss, top1, top5, n = distributed.all_reduce_sum(sums).tolist()
+    return {"loss": loss / n, "top1": 100 * top1 / n, "top5": 100 * top5 / n, "n": int(n)}
+# ----------------------------------------------------------------------------------- the run
+# Fields a resumed run may change; any other difference would silently make a different run.
+RESUMABLE_CHANGES = {"epochs", "resume", "progress", "out", "device", "compile", "data_dir", "archive"}
+
+
+def _check_same_run(saved: dict, cfg: TrainConfig, path) -> None:
+    now = dataclasses.asdict(cfg)
+    diff = {k: (saved.get(k), v) for k, v in now.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v}
+    if diff:
+        changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"--resume: {path} was written by a different configuration ({changes}). "
+                         "Use another --out, or the same options.")
+
+
+def _loaders(data: Data, cfg: TrainConfig, device, dist_info):
+    per_rank = max(1, cfg.batch_size // dist_info.world_size)
+    common = dict(device=device, seed=cfg.seed, normalize=cfg.normalize, rank=dist_info.rank,
+                  world_size=dist_info.world_size)
+    train = BatchLoader(data.train_images, data.train_targets, per_rank, train=True, augment=cfg.augment, **common)
+    val = BatchLoader(data.val_images, data.val_targets, max(per_rank, 256), train=False, **common)
+    return train, val
+
+
+def fit(cfg: TrainConfig, data: Data | None = None, model: nn.Module | None = None,
+        on_epoch_end=None) -> list[dict]:
+    """Train `cfg.model` (or `model`) for `cfg.epochs`; returns one dict per epoch (history.csv's rows).
+
+    `data` skips loading (the diagnosis passes edited copies); `on_epoch_end(row, model)` may add
+    fields to a row. Ctrl-C saves OUT/last.pt (mid-epoch position included) and returns the history
+    so far; `resume=True` continues from it.
+    """
+    cfg = cfg.resolved()
+    device = pick_device(cfg.device)
+    dist_info = distributed.setup(str(device))
+    if device.type == "cuda" and dist_info.world_size > 1:
+        device = torch.device("cuda", dist_info.local_rank)
+    out = Path(cfg.out) if cfg.out else None
+    main = dist_info.is_main
+    if data is None:
+        data = load_data(cfg.data_dir, archive=cfg.archive, synthetic=cfg.synthetic,
+                         train_per_class=cfg.train_per_class, val_per_class=cfg.val_per_class,
+                         progress=cfg.progress)
+    torch.manual_seed(cfg.seed)  # same initial weights for the same seed, whatever else ran before
+    if model is None:
+        model = build_model(cfg.model, num_classes=data.num_classes, dropout=cfg.dropout)
+    model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    train_loader, val_loader = _loaders(data, cfg, device, dist_info)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, len(train_loader))
+    history, start_epoch, position, best = [], 0, {"step": 0, "sums": None}, -1.0
+    if cfg.resume and out is not None and (out / "last.pt").is_file():
+        ck = load_checkpoint(out / "last.pt", map_location=device)
+        _check_same_run(ck["config"], cfg, out / "last.pt")
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        history, start_epoch, best = ck["history"], ck["epoch"], ck["best_val_acc"]
+        position = {"step": ck["step"], "sums": ck["partial_sums"]}
+        if main:
+            print(f"resumed from {out / 'last.pt'}: epoch {start_epoch + 1}, step {position['step']}")
+    net = model
+    if dist_info.world_size > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+
+    def checkpoint(epoch: int, step: int, partial, name: str = "last.pt") -> None:
+        if main and out is not None:
+            save_checkpoint(dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                 scheduler=scheduler.state_dict(), config=dataclasses.asdict(cfg),
+                                 num_classes=data.num_classes, classes=list(data.classes),
+                                 epoch=epoch, step=step, partial_sums=partial, history=history,
+                                 best_val_acc=best), out / name)
+
+    if main and out is not None:
+        write_json(dataclasses.asdict(cfg), out / "config.json")
+    epochs_bar = tqdm(range(start_epoch, cfg.epochs), desc=f"{cfg.model} ({cfg.dropout})",
+                      initial=start_epoch, total=cfg.epochs, disable=not (cfg.progress and main))
+    epoch, step_bar = start_epoch, None
+    try:
+        for epoch in epochs_bar:
+            t0 = time.perf_counter()
+            step_bar = tqdm(total=len(train_loader), initial=position["step"], leave=False,
+                            desc=f"epoch {epoch + 1}", disable=not (cfg.progress and main))
+            train_one_epoch(net, train_loader, optimizer, scheduler, epoch=epoch, cfg=cfg, device=device,
+                            rank=dist_info.rank, position=position, bar=step_bar)
+            step_bar.close()
+            loss_sum, correct, count = distributed.all_reduce_sum(position["sums"].clone()).tolist()
+            val = evaluate(model, val_loader, device, amp=cfg.amp)
+            row = dict(epoch=epoch + 1, train_loss=loss_sum / count, train_acc=100 * correct / count,
+                       val_loss=val["loss"], val_acc=val["top1"], val_top5=val["top5"],
+                       lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - t0)
+            if on_epoch_end is not None:
+                on_epoch_end(row, model)
+            history.append(row)
+            epochs_bar.set_postfix(val_acc=f"{row['val_acc']:.2f}%", train_loss=f"{row['train_loss']:.3f}")
+            if row["val_acc"] > best:
+                best = row["val_acc"]
+                checkpoint(epoch + 1, 0, None, "best.pt")
+            checkpoint(epoch + 1, 0, None)
+            if main and out is not None:
+                write_history_csv(history, out / "history.csv")
+            position = {"step": 0, "sums": None}
+    except KeyboardInterrupt:
+        # Exact at step boundaries: `position` is advanced only after a step's update is complete.
+        if main:
+            print(f"\ninterrupted in epoch {epoch + 1} at step {position['step']}: "
+                  f"{'saved ' + str(out / 'last.pt') if out else 'nothing saved (no --out)'}")
+        if len(history) > epoch:  # the epoch had finished: its checkpoint is the boundary
+            checkpoint(epoch + 1, 0, None)
+        else:
+            sums = position["sums"].cpu() if position.get("sums") is not None else None
+            checkpoint(epoch, position["step"], sums)
+    except NonFiniteLossError as err:
+        err.history = history  # the epochs that did finish, for the caller's report
+        raise
+    finally:
+        epochs_bar.close()
+    return history
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Train a Tiny ImageNet model (see tinyimagenet/train.py).")
+    p.add_argument("--model", default="BaselineCNN", choices=sorted(MODELS))
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--recipe", default="strong", choices=sorted(RECIPES))
+    p.add_argument("--dropout", default="fixed", choices=["fixed", "legacy"])
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the recipe's)")
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--label-smoothing", type=float, default=None)
+    p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--train-per-class", type=int, default=None)
+    p.add_argument("--val-per-class", type=int, default=None)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--data-dir", default=None, help="tiny-imagenet-200 or its parent ($TINYIMAGENET_ROOT, ./data)")
+    src.add_argument("--synthetic", action="store_true", help="generated offline dataset")
+    p.add_argument("--archive", default=None, help="local path or file:// URL of tiny-imagenet-200.zip")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-amp", dest="amp", action="store_false")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    return p
+
+
+def main(argv=None) -> list[dict]:
+    args = get_args_parser().parse_args(argv)
+    cfg = TrainConfig(**vars(args))
+    try:
+        history = fit(cfg)
+    finally:
+        distributed.cleanup()
+    if history and distributed.Dist().is_main:
+        last = history[-1]
+        print(f"epoch {last['epoch']}: train loss {last['train_loss']:.4f}, val top-1 {last['val_acc']:.2f}%, "
+              f"top-5 {last['val_top5']:.2f}%  ->  {cfg.out}/history.csv")
+    return history
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, NonFiniteLossError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
