@@ -133,6 +133,7 @@ class Data:
     classes: list                # sorted wnids
     class_names: list            # first name from words.txt
     root: str                    # the tiny-imagenet-200 folder used
+    val_files: list              # val image file names, in val_images order (for label audits)
 
     @property
     def num_classes(self) -> int:
@@ -173,8 +174,9 @@ def load_data(data_dir=None, *, archive: str | None = None, synthetic: bool = Fa
         kw = dict(cache_dir=cache_dir, progress=progress and is_main)
         train_x, train_y, train_ds = load_split(data_dir, "train", train_per_class, download=True,
                                                 archive=archive, **kw)
-        val_x, val_y, _ = load_split(train_ds.root, "val", val_per_class, **kw)
+        val_x, val_y, val_ds = load_split(train_ds.root, "val", val_per_class, **kw)
     finally:
         if is_main:
             distributed.barrier()
-    return Data(train_x, train_y, val_x, val_y, train_ds.classes, train_ds.class_names, train_ds.root)
+    return Data(train_x, train_y, val_x, val_y, train_ds.classes, train_ds.class_names, train_ds.root,
+                [Path(p).name for p, _ in val_ds.samples])

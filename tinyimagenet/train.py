@@ -58,6 +58,7 @@ class TrainConfig:
     weight_decay: float | None = None    # L2 on conv/linear weights (not biases, not norms); None: recipe's
     schedule: str | None = None          # "none" (constant) or "cosine" (to 0 at the end); None: recipe's
     warmup_epochs: float | None = None   # linear warmup length; None: recipe's
+    schedule_epochs: int | None = None   # horizon of the lr schedule (None: epochs); 50 = "first epochs of a 50-epoch run"
     label_smoothing: float | None = None  # cross-entropy smoothing in training; None: recipe's
     augment: bool = True                 # random crop (pad 4) + horizontal flip, per image
     normalize: bool = True               # Tiny ImageNet mean/std; False only to reproduce that fault
@@ -118,7 +119,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
     """Per-step multiplier: linear warmup to 1, then constant or cosine to 0."""
     warm = int(cfg.warmup_epochs * steps_per_epoch)
-    total = cfg.epochs * steps_per_epoch
+    total = (cfg.schedule_epochs or cfg.epochs) * steps_per_epoch
 
     def factor(step: int) -> float:
         if step < warm:

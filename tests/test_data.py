@@ -1,0 +1,396 @@
+"""Tests for the data layer: tinyimagenet.data, download, cache, loaders and synthetic.
+
+What this checks
+----------------
+On the real subset (../shared/data/tiny-imagenet-200-subset.zip, see its README): split sizes,
+the sorted-wnid label order, val labels taken from val_annotations.txt (not the folder: the
+"every val image is class 0" trap), grayscale JPEGs loading as RGB, the unlabelled test split,
+the decoded cache being pixel-exact, reused, rebuilt on change and never half-written, the
+MEAN/STD constants, and download/extraction from a local archive (path, file:// URL, md5
+mismatch). Broken copies of synthetic data check that each bad input names the offending path.
+The batched GPU-style loader is checked against per-image torchvision references.
+
+Run:  PYTHONPATH=. pytest -q tests/test_data.py   (CPU, about a minute on 2 cores; the real-data
+tests skip when ../shared/data is absent)
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import ToTensor
+from torchvision.transforms.v2 import functional as TF
+
+from tinyimagenet import cache, download
+from tinyimagenet.cache import cached_images, load_split
+from tinyimagenet.data import (FOLDER_NAME, MEAN, STD, DatasetError, TinyImageNet, find_root,
+                               per_class_indices, require_labels)
+from tinyimagenet.loaders import BatchLoader, Normalizer, crop_flip
+from tinyimagenet.synthetic import make_subset_copy, make_synthetic
+
+
+def _pil_rgb(path) -> np.ndarray:
+    # The independent reference decode: plain PIL, no project code.
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def _files(folder: Path) -> list[str]:
+    # os.listdir also shows dot-files (the cache's and the extractor's temporaries).
+    return sorted(os.listdir(folder)) if folder.exists() else []
+
+
+def _modes(ds: TinyImageNet) -> tuple[Counter, list[int]]:
+    """PIL mode counts of the dataset's files, and the indices of the grayscale ones."""
+    modes, gray = Counter(), []
+    for i, (path, _) in enumerate(ds.samples):
+        with Image.open(path) as img:  # open() reads the header only: cheap
+            modes[img.mode] += 1
+            if img.mode == "L":
+                gray.append(i)
+    return modes, gray
+
+
+@pytest.fixture(scope="module")
+def real_train(real_root):
+    return TinyImageNet(real_root, "train")
+
+
+@pytest.fixture(scope="module")
+def real_val(real_root):
+    return TinyImageNet(real_root, "val")
+
+
+@pytest.fixture(scope="module")
+def val_cache(real_root, tmp_path_factory):
+    """(images, targets, dataset) of the real val split, decoded into a private cache folder."""
+    return load_split(real_root, "val", cache_dir=tmp_path_factory.mktemp("valcache"), progress=False)
+
+
+@pytest.fixture
+def syn_copy(synthetic_root, tmp_path) -> Path:
+    """A private copy of the synthetic data that a test may break."""
+    return Path(shutil.copytree(synthetic_root, tmp_path / "copy" / "tiny-imagenet-200"))
+
+
+# ------------------------------------------------------------------------------ real subset
+def test_real_sizes_and_sorted_class_order(real_root, real_train, real_val):
+    test = TinyImageNet(real_root, "test")
+    assert (len(real_train), len(real_val), len(test)) == (20_000, 10_000, 500)
+    wnids = (real_root / "wnids.txt").read_text().split()
+    assert len(real_train.classes) == 200 and real_train.classes == sorted(wnids)
+    assert wnids != sorted(wnids)  # the file's own order must not be used for labels
+    assert real_val.classes == real_train.classes and real_val.class_to_idx == real_train.class_to_idx
+    assert real_train.class_names[real_train.class_to_idx["n01443537"]] == "goldfish"
+
+
+def test_real_val_labels_come_from_annotations(real_root, real_val):
+    wnid_of = {}
+    for line in (real_root / "val" / "val_annotations.txt").read_text().splitlines():
+        name, wnid = line.split("\t")[:2]
+        wnid_of[name] = wnid
+    assert {os.path.basename(p) for p, _ in real_val.samples} == set(wnid_of)
+    for path, target in real_val.samples:
+        assert real_val.classes[target] == wnid_of[os.path.basename(path)], path
+    first = [t for p, t in real_val.samples if os.path.basename(p) == "val_0.JPEG"]
+    assert first == [real_val.class_to_idx["n03444034"]]
+    # The val-folder trap would give one class 10,000 times; the truth is 50 of each.
+    assert torch.bincount(torch.tensor(real_val.targets), minlength=200).tolist() == [50] * 200
+
+
+def test_real_grayscale_images_load_as_rgb(real_root, real_train, real_val):
+    for ds, expected in ((real_train, 380), (real_val, 168)):
+        modes, gray = _modes(ds)
+        assert modes["L"] == expected and set(modes) <= {"L", "RGB"}
+        ds = TinyImageNet(real_root, ds.split, transform=ToTensor())
+        for i in gray:
+            x, _ = ds[i]
+            assert x.shape == (3, 64, 64) and torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
+
+
+def test_real_test_split_has_no_labels(real_root, real_val):
+    test = TinyImageNet(real_root, "test")
+    assert set(test.targets) == {-1} and test[0][1] == -1 and not test.has_labels
+    with pytest.raises(ValueError, match="test"):
+        require_labels(test.targets, "test")
+    require_labels(real_val.targets, "val")  # a labelled split passes
+
+
+def test_real_val_cache_is_pixel_exact(val_cache, real_val):
+    images, targets, ds = val_cache
+    assert images.dtype == torch.uint8 and images.shape == (10_000, 64, 64, 3)
+    assert targets.tolist() == real_val.targets
+    reference = np.stack([_pil_rgb(p) for p, _ in ds.samples])  # all 10,000
+    assert np.array_equal(images.numpy(), reference)
+
+
+def test_mean_std_match_real_train_subset(real_root, tmp_path):
+    images, _, _ = load_split(real_root, "train", cache_dir=tmp_path, progress=False)
+    # Exact statistics from per-channel 256-bin histograms: fast, and no float copy of 1 GB.
+    hist = torch.stack([torch.bincount(images[..., c].flatten(), minlength=256) for c in range(3)])
+    values = torch.arange(256, dtype=torch.float64) / 255
+    n = hist.sum(1, keepdim=True).double()
+    mean = (hist * values).sum(1) / n[:, 0]
+    std = ((hist * (values - mean[:, None]) ** 2).sum(1) / n[:, 0]).sqrt()
+    assert torch.allclose(mean, torch.tensor(MEAN, dtype=torch.float64), atol=0.01), mean
+    assert torch.allclose(std, torch.tensor(STD, dtype=torch.float64), atol=0.01), std
+
+
+def test_per_class_keeps_first_k(real_root, real_val):
+    train = TinyImageNet(real_root, "train", per_class=3)
+    assert len(train) == 600
+    assert {os.path.basename(p) for p, _ in train.samples} == \
+        {f"{w}_{k}.JPEG" for w in train.classes for k in range(3)}
+    val = TinyImageNet(real_root, "val", per_class=2)
+    expected = [real_val.samples[i] for i in per_class_indices(real_val.targets, 2)]
+    assert val.samples == expected and len(val) == 400
+    assert per_class_indices([0, 1, 0, 0, 1, 2, 1], 2) == [0, 1, 2, 4, 5]
+    with pytest.raises(ValueError):
+        per_class_indices([0], 0)
+
+
+def test_make_subset_copy_of_real_data(real_root, tmp_path):
+    root = make_subset_copy(real_root, tmp_path, num_classes=3, train_per_class=5, val_per_class=2)
+    train, val = TinyImageNet(root, "train"), TinyImageNet(root, "val")
+    assert train.classes == val.classes == sorted((real_root / "wnids.txt").read_text().split())[:3]
+    assert (len(train), len(val)) == (15, 6)
+    original = set((real_root / "val" / "val_annotations.txt").read_text().splitlines())
+    lines = (root / "val" / "val_annotations.txt").read_text().splitlines()
+    assert len(lines) == 6 and set(lines) <= original  # whole lines kept, boxes included
+    assert all(len(line.split("\t")) == 6 for line in lines)
+
+
+# -------------------------------------------------------------------------------- the cache
+def test_cache_reused_then_rebuilt_when_a_file_changes(real_root, tmp_path, monkeypatch):
+    root = make_subset_copy(real_root, tmp_path / "data", num_classes=3, train_per_class=5,
+                            val_per_class=2)
+    cache_dir = tmp_path / "cache"
+    first = np.array(cached_images(TinyImageNet(root, "val"), cache_dir, progress=False))
+    [built] = _files(cache_dir)
+    stamp = (cache_dir / built).stat().st_mtime_ns
+
+    # Second call: a decode would be a bug, so make any decode fail loudly.
+    with monkeypatch.context() as m:
+        m.setattr(cache, "_decode", lambda path: pytest.fail(f"cache not reused: decoded {path}"))
+        again = cached_images(TinyImageNet(root, "val"), cache_dir, progress=False)
+    assert np.array_equal(again, first) and _files(cache_dir) == [built]
+    assert (cache_dir / built).stat().st_mtime_ns == stamp
+
+    # Replace one image (new pixels, new mtime): the next call must decode the new file.
+    ds = TinyImageNet(root, "val")
+    target_path, donor = ds.samples[0][0], ds.samples[1][0]
+    shutil.copyfile(donor, target_path)
+    os.utime(target_path, ns=(stamp + 10**9, stamp + 10**9))
+    rebuilt = cached_images(TinyImageNet(root, "val"), cache_dir, progress=False)
+    assert np.array_equal(rebuilt[0], _pil_rgb(donor)) and not np.array_equal(rebuilt[0], first[0])
+    assert len(_files(cache_dir)) == 2 and not any(f.endswith(".tmp") for f in _files(cache_dir))
+
+
+def test_truncated_jpeg_is_named_and_leaves_no_partial_cache(syn_copy, tmp_path):
+    ds = TinyImageNet(syn_copy, "val")
+    bad = ds.samples[5][0]
+    data = Path(bad).read_bytes()
+    Path(bad).write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatasetError, match="Cannot decode") as err:
+        ds[5]
+    assert bad in str(err.value)
+
+    cache_dir = tmp_path / "cache"
+    with pytest.raises(DatasetError) as err:
+        cached_images(TinyImageNet(syn_copy, "val"), cache_dir, progress=False)
+    assert bad in str(err.value)
+    assert _files(cache_dir) == []  # neither a final .npy nor a .tmp left behind
+
+
+# ------------------------------------------------------------------------------- bad inputs
+def test_missing_root_says_how_to_get_the_data(tmp_path):
+    with pytest.raises(DatasetError) as err:
+        TinyImageNet(tmp_path / "nowhere", "train")
+    message = str(err.value)
+    assert str(tmp_path / "nowhere") in message and "download" in message.lower()
+    assert "--data-dir" in message
+
+
+def _no_wnids(root):
+    (root / "wnids.txt").unlink()
+    return "train", [str(root / "wnids.txt"), "missing"]
+
+
+def _no_annotations(root):
+    (root / "val" / "val_annotations.txt").unlink()
+    return "val", [str(root / "val" / "val_annotations.txt"), "missing"]
+
+
+def _no_class_folder(root):
+    wnid = sorted((root / "wnids.txt").read_text().split())[3]
+    shutil.rmtree(root / "train" / wnid)
+    return "train", [str(root / "train" / wnid / "images"), "missing"]
+
+
+def _unknown_wnid(root):
+    path = root / "val" / "val_annotations.txt"
+    lines = path.read_text().splitlines(keepends=True)
+    parts = lines[2].split("\t")
+    lines[2] = "\t".join([parts[0], "n99999999"] + parts[2:])
+    path.write_text("".join(lines))
+    return "val", [str(path), parts[0], "n99999999"]
+
+
+@pytest.mark.parametrize("breaker", [_no_wnids, _no_annotations, _no_class_folder, _unknown_wnid])
+def test_broken_copy_gives_a_clear_error(syn_copy, breaker):
+    split, needles = breaker(syn_copy)
+    with pytest.raises(DatasetError) as err:
+        TinyImageNet(syn_copy, split)
+    for needle in needles:
+        assert needle in str(err.value), (needle, str(err.value))
+
+
+# --------------------------------------------------------------------------------- download
+@pytest.fixture
+def small_zip(synthetic_root, tmp_path) -> Path:
+    """A tiny archive in the official layout: keeps the extra extraction tests fast."""
+    base = shutil.make_archive(str(tmp_path / "small"), "zip", synthetic_root.parent, FOLDER_NAME)
+    return Path(base)
+
+
+def test_download_from_local_archive_path(subset_zip, tmp_path):
+    root = download.download_and_extract(tmp_path, archive=str(subset_zip), md5=None)
+    assert root == tmp_path / FOLDER_NAME and _files(tmp_path) == [FOLDER_NAME]  # no temporaries
+    assert len(TinyImageNet(root, "val")) == 10_000
+
+
+def test_download_from_file_url(subset_zip, small_zip, tmp_path):
+    # URL handling does not depend on the archive's size: the small one checks it quickly.
+    dest = tmp_path / "b"
+    root = download.download_and_extract(dest, archive=small_zip.as_uri(), md5=None)
+    assert root == dest / FOLDER_NAME and _files(dest) == [FOLDER_NAME]
+    assert len(TinyImageNet(root, "val")) == 100
+
+
+def test_ensure_downloaded_extracts_once(small_zip, tmp_path):
+    root = download.ensure_downloaded(tmp_path / "x", archive=str(small_zip))
+    assert root == tmp_path / "x" / FOLDER_NAME and find_root(tmp_path / "x") == root
+    # Present now: a second call must not touch the (here nonexistent) archive.
+    assert download.ensure_downloaded(tmp_path / "x", archive=str(tmp_path / "gone.zip")) == root
+
+
+def test_md5_mismatch_keeps_nothing(subset_zip, tmp_path):
+    got = hashlib.md5(subset_zip.read_bytes()).hexdigest()
+    assert got != download.MD5  # the subset is not the official archive
+    dest = tmp_path / "dl"
+    with pytest.raises(DatasetError) as err:
+        download.download_and_extract(dest, archive=str(subset_zip), md5=download.MD5)
+    assert download.MD5 in str(err.value) and got in str(err.value)
+    assert _files(dest) == []  # no tiny-imagenet-200, no temporaries
+
+
+# -------------------------------------------------------------------------------- synthetic
+def test_synthetic_data_parses_like_the_real_layout(synthetic_root):
+    wnids = (synthetic_root / "wnids.txt").read_text().split()
+    train, val = TinyImageNet(synthetic_root, "train"), TinyImageNet(synthetic_root, "val")
+    test = TinyImageNet(synthetic_root, "test", transform=ToTensor())
+    assert train.classes == val.classes == sorted(wnids) and len(wnids) == 10
+    assert (len(train), len(val), len(test)) == (10 * 40, 10 * 10, 10)
+    assert torch.bincount(torch.tensor(val.targets)).tolist() == [10] * 10
+    assert set(test.targets) == {-1}
+    modes, gray = _modes(train)
+    assert gray and modes["RGB"] > len(gray)  # some, not all, are grayscale JPEGs
+    assert all(np.asarray(train[i][0]).shape == (64, 64, 3) for i in gray)
+    assert test[0][0].shape == (3, 64, 64)
+
+
+# ---------------------------------------------------------------------------------- loaders
+def test_crop_flip_matches_per_image_torchvision():
+    g = torch.Generator().manual_seed(0)
+    n, pad = 32, 4
+    images = torch.randint(0, 256, (n, 64, 64, 3), dtype=torch.uint8, generator=g)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    flip = torch.rand(n, generator=g) < 0.5
+    out = crop_flip(images, dx, dy, flip, pad)
+    for b in range(n):
+        ref = TF.pad(images[b].permute(2, 0, 1), [pad] * 4, fill=0)
+        ref = TF.crop(ref, int(dy[b]), int(dx[b]), 64, 64)
+        if flip[b]:
+            ref = TF.horizontal_flip(ref)
+        assert torch.equal(out[b], ref.permute(1, 2, 0)), b
+        # The same thing with plain slicing, as a second opinion on the reference.
+        padded = np.pad(images[b].numpy(), ((pad, pad), (pad, pad), (0, 0)))
+        crop = padded[int(dy[b]):int(dy[b]) + 64, int(dx[b]):int(dx[b]) + 64]
+        assert np.array_equal(out[b].numpy(), crop[:, ::-1] if flip[b] else crop)
+
+
+def _tiny(n=101):
+    # Targets are the indices, so a batch's targets say exactly which samples it holds.
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (n, 16, 16, 3), dtype=torch.uint8, generator=g), torch.arange(n)
+
+
+def _epoch(loader, epoch, start_step=0):
+    loader.set_epoch(epoch, start_step=start_step)
+    return list(loader)
+
+
+def test_train_loader_order_is_a_deterministic_resumable_permutation():
+    images, targets = _tiny(101)  # 101 = 6 * 16 + 5
+    loader = BatchLoader(images, targets, 16, train=True, seed=3)
+    full = _epoch(loader, 2)
+    seen = torch.cat([y for _, y in full])
+    assert len(full) == len(loader) == 7 and len(seen) == 101 and len(set(seen.tolist())) == 101
+    again = _epoch(BatchLoader(images, targets, 16, train=True, seed=3), 2)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full, again))
+    other = _epoch(loader, 3)
+    assert not torch.equal(seen, torch.cat([y for _, y in other]))
+    for k in (1, 4, 6):
+        resumed = _epoch(loader, 2, start_step=k)
+        assert len(resumed) == len(full) - k
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+                   for a, b in zip(resumed, full[k:]))
+    # A last batch of one image is dropped (BatchNorm), and nothing is repeated.
+    short = torch.cat([y for _, y in BatchLoader(images[:97], targets[:97], 16, train=True)])
+    assert len(short) == 96 and len(set(short.tolist())) == 96
+
+
+def test_augmentation_differs_per_image_within_a_batch():
+    one = torch.randint(0, 256, (1, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    images = one.expand(128, -1, -1, -1).contiguous()
+    loader = BatchLoader(images, torch.zeros(128, dtype=torch.long), 128, train=True, normalize=False)
+    x, _ = next(iter(loader))
+    distinct = {tuple(v.flatten().tolist()) for v in (x * 255).round().to(torch.uint8)}
+    assert len(distinct) > 64  # 162 possible (dx, dy, flip): nearly all images differ
+    plain = BatchLoader(images, torch.zeros(128, dtype=torch.long), 128, train=True, augment=False)
+    x, _ = next(iter(plain))
+    assert torch.equal(x, x[:1].expand_as(x))
+
+
+def test_eval_loader_shards_cover_all_samples_without_padding():
+    images, targets = _tiny(101)
+    shards = [torch.cat([y for _, y in BatchLoader(images, targets, 16, train=False, rank=r,
+                                                   world_size=2)]) for r in (0, 1)]
+    assert not set(shards[0].tolist()) & set(shards[1].tolist())
+    assert sorted(torch.cat(shards).tolist()) == list(range(101))  # each once: no padding
+    x, y = next(iter(BatchLoader(images, targets, 101, train=False, augment=True)))
+    assert torch.equal(y, targets)  # in order, and eval never augments:
+    assert torch.equal(x, Normalizer("cpu")(images))
+
+
+def test_normalizer_on_real_val_is_standardized_channels_last(val_cache):
+    images, targets, _ = val_cache
+    loader = BatchLoader(images, targets, 2500, train=False)  # 4 equal batches: average them
+    means, squares = [], []
+    for x, _ in loader:
+        assert x.dtype == torch.float32 and x.shape == (2500, 3, 64, 64)
+        assert x.is_contiguous(memory_format=torch.channels_last)
+        means.append(x.mean((0, 2, 3)))
+        squares.append((x * x).mean((0, 2, 3)))
+    mean = torch.stack(means).mean(0)
+    std = (torch.stack(squares).mean(0) - mean ** 2).sqrt()
+    assert mean.abs().max() < 0.1, mean
+    assert (std - 1).abs().max() < 0.15, std
