@@ -214,6 +214,9 @@ RESUMABLE_CHANGES = {"epochs", "resume", "progress", "out", "device", "compile",
 
 def _check_same_run(saved: dict, cfg: TrainConfig, path) -> None:
     now = dataclasses.asdict(cfg)
+    if cfg.schedule == "cosine" and cfg.schedule_epochs is None and saved.get("epochs") != cfg.epochs:
+        raise ValueError(f"--resume: {path} was trained with a cosine schedule over {saved.get('epochs')} epochs; "
+                         f"changing --epochs to {cfg.epochs} would change its learning rates. Keep --epochs.")
     diff = {k: (saved.get(k), v) for k, v in now.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v}
     if diff:
         changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
@@ -294,11 +297,13 @@ def fit(cfg: TrainConfig, data: Data | None = None, model: nn.Module | None = No
             train_one_epoch(net, train_loader, optimizer, scheduler, epoch=epoch, cfg=cfg, device=device,
                             rank=dist_info.rank, position=position, bar=step_bar)
             step_bar.close()
+            train_seconds = time.perf_counter() - t0
             loss_sum, correct, count = distributed.all_reduce_sum(position["sums"].clone()).tolist()
             val = evaluate(model, val_loader, device, amp=cfg.amp)
             row = dict(epoch=epoch + 1, train_loss=loss_sum / count, train_acc=100 * correct / count,
                        val_loss=val["loss"], val_acc=val["top1"], val_top5=val["top5"],
-                       lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - t0)
+                       lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - t0,
+                       train_seconds=train_seconds)
             if on_epoch_end is not None:
                 on_epoch_end(row, model)
             history.append(row)

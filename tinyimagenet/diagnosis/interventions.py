@@ -117,12 +117,14 @@ def run_interventions(model, x, y, cfg: TrainConfig, base: FitRun, *, steps: int
         go("no_dropout", cfg.lr, no_dropout=True)
     if fix_inputs is not None:
         go("normalized", cfg.lr, inputs=fix_inputs(x))
+    raised_fits = False
     if not base.diverged:
         for k in (1, 2, 3):
             r = go(f"lr_x{10 ** k}", cfg.lr * 10 ** k)
+            raised_fits = r.fitted
             if r.fitted or r.diverged or r.progress > base.progress + 0.3:
                 break
-    if base.diverged or not base.fitted:
+    if base.diverged or not raised_fits:  # a lower lr only matters if raising it did not help
         for k in (1, 2, 3):
             r = go(f"lr_div{10 ** k}", cfg.lr / 10 ** k)
             if r.fitted or not base.diverged or r.progress < 0.05 and not r.diverged:

@@ -22,13 +22,14 @@ import torch
 from ..loaders import BatchLoader, Data, Normalizer, load_data
 from ..registry import audit_dropout, build_model
 from ..train import NonFiniteLossError, TrainConfig, evaluate, fit
-from .checks import Check, data_checks, dropout_audit_check, gradient_check, init_checks
+from .checks import Check, data_checks, dropout_audit_check, gradient_check, init_checks, label_signal_check
 from .interventions import fit_batch, run_interventions
 from .stats import above_chance
 from .verdict import Evidence, judge_learning, rank_causes, suggestions_for
 
 ALL_MODELS = ("BaselineCNN", "DeeperWiderCNN", "CNNWithSEAttention", "ResidualCNN", "BestModel")
 FULL_TRAIN_PER_CLASS = 500  # the official train split; the seed's thresholds assume it
+HEALTHY = ("learning", "preflight ok")
 
 
 @dataclass
@@ -63,8 +64,8 @@ def train_config(cfg: DiagnosisConfig, model: str, **changes) -> TrainConfig:
     return dataclasses.replace(tc, **changes).resolved()
 
 
-def split_probe(data: Data, per_class: int | None, seed: int) -> tuple[Data, torch.Tensor]:
-    """Hold out `per_class` train images per class (the last ones): (training data, probe indices)."""
+def split_probe(data: Data, per_class: int | None) -> tuple[Data, Data]:
+    """Hold out `per_class` train images per class (the last ones): (training data, probe data)."""
     t = data.train_targets
     counts = torch.bincount(t, minlength=data.num_classes)
     k = per_class if per_class is not None else max(1, int(0.05 * int(counts.min())))
@@ -74,8 +75,8 @@ def split_probe(data: Data, per_class: int | None, seed: int) -> tuple[Data, tor
     probe = torch.cat([(t == c).nonzero().flatten()[-k:] for c in range(data.num_classes)])
     keep = torch.ones(len(t), dtype=torch.bool)
     keep[probe] = False
-    train = dataclasses.replace(data, train_images=data.train_images[keep], train_targets=t[keep])
-    return train, probe
+    return (dataclasses.replace(data, train_images=data.train_images[keep], train_targets=t[keep]),
+            dataclasses.replace(data, train_images=data.train_images[probe], train_targets=t[probe]))
 
 
 def fixed_batch(data: Data, n: int, seed: int, normalize: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,7 +140,8 @@ def control_change(cause: str, cfg: DiagnosisConfig, tc: TrainConfig, interventi
     return None
 
 
-def diagnose_model(cfg: DiagnosisConfig, name: str, data: Data, dataset_checks: list, device) -> dict:
+def diagnose_model(cfg: DiagnosisConfig, name: str, data: Data, train: Data, probe: Data,
+                   dataset_checks: list, device) -> dict:
     t0 = time.perf_counter()
     pre = preflight(cfg, name, data, device)
     checks = {c.name: c for c in dataset_checks + pre["checks"]}
@@ -147,8 +149,6 @@ def diagnose_model(cfg: DiagnosisConfig, name: str, data: Data, dataset_checks: 
     result = {"config": {**dataclasses.asdict(tc), "fit_batch": cfg.fit_batch, "fit_steps": cfg.fit_steps},
               "checks": [c.to_json() for c in pre["checks"]], "gradient_flow": pre["flow"],
               "fit": [pre["base"].to_json()] + [r.to_json() for r in pre["interventions"]], "epochs": []}
-    train, probe_idx = split_probe(data, cfg.probe_per_class, cfg.seed)
-    probe = dataclasses.replace(data, train_images=data.train_images[probe_idx], train_targets=data.train_targets[probe_idx])
     full = int(torch.bincount(data.train_targets).min()) >= FULL_TRAIN_PER_CLASS
     ev = Evidence(data.num_classes, checks, pre["base"], pre["interventions"], [], None, None, full)
     if not cfg.preflight_only:
@@ -157,9 +157,13 @@ def diagnose_model(cfg: DiagnosisConfig, name: str, data: Data, dataset_checks: 
             last = ev.epochs[-1]
             ev.val_test = above_chance(last["val_acc"], len(data.val_targets), data.num_classes)
             ev.probe_test = above_chance(last["probe_acc"], last["probe_n"], data.num_classes)
-    ev.learning, ev.reasons = judge_learning(ev) if not cfg.preflight_only else \
-        (("learning" if pre["base"].fitted else "slow"), [])
-    causes = rank_causes(ev) if ev.learning != "learning" else []
+    if cfg.preflight_only:  # nothing trained: the verdict is about the pre-flight alone
+        bad = [c.detail for c in checks.values() if c.status == "fail" or
+               (c.name.endswith("label_signal") and c.status == "warn")]
+        ev.learning, ev.reasons = ("preflight failed", bad) if bad else ("preflight ok", [])
+    else:
+        ev.learning, ev.reasons = judge_learning(ev)
+    causes = rank_causes(ev) if ev.learning not in HEALTHY else []
     if causes and cfg.control and not cfg.preflight_only:
         change = control_change(causes[0].id, cfg, tc, ev.interventions)
         if change is not None:
@@ -170,11 +174,15 @@ def diagnose_model(cfg: DiagnosisConfig, name: str, data: Data, dataset_checks: 
             ev.control = {"cause": causes[0].id, "change": change[1], "epochs": c_epochs,
                           "val_acc": c_epochs[-1]["val_acc"] if c_epochs else 0.0}
             ev.learning, ev.reasons = judge_learning(ev)
-            causes = rank_causes(ev) if ev.learning != "learning" else []
+            causes = rank_causes(ev) if ev.learning not in HEALTHY else []
+    if ev.learning not in HEALTHY and not causes:
+        ev.reasons.append(f"no cause isolated; the labels carry signal ({checks['train_label_signal'].detail}), "
+                          f"so this budget ({len(train.train_targets)} images x {cfg.epochs} epochs) may simply "
+                          "be too small: train longer or on more images per class")
     result.update(
         epochs=[{k: row[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5",
                                      "probe_acc") if k in row} for row in ev.epochs],
-        learning=ev.learning, reasons=ev.reasons, passed=ev.learning == "learning",
+        learning=ev.learning, reasons=ev.reasons, passed=ev.learning in HEALTHY,
         significance={"val": dataclasses.asdict(ev.val_test) if ev.val_test else None,
                       "probe": dataclasses.asdict(ev.probe_test) if ev.probe_test else None},
         causes=[c.to_json() for c in causes], suggestions=suggestions_for(causes, ev),
@@ -195,12 +203,19 @@ def run_diagnosis(cfg: DiagnosisConfig, data: Data | None = None) -> dict:
         data = load_data(cfg.data_dir, archive=cfg.archive, synthetic=cfg.synthetic,
                          train_per_class=cfg.train_per_class, val_per_class=cfg.val_per_class,
                          progress=cfg.progress)
-    dataset_checks = data_checks(data, cfg.normalize)
+    train, probe = split_probe(data, cfg.probe_per_class)
+    c = data.num_classes
+    dataset_checks = data_checks(data, cfg.normalize) + [
+        label_signal_check("train_label_signal", train.train_images, train.train_targets,
+                           probe.train_images, probe.train_targets, c),
+        label_signal_check("val_label_signal", train.train_images, train.train_targets,
+                           data.val_images, data.val_targets, c)]
     report = {"dataset": {"root": data.root, "num_classes": data.num_classes,
-                          "train_images": len(data.train_targets), "val_images": len(data.val_targets),
+                          "train_images": len(train.train_targets), "probe_images": len(probe.train_targets),
+                          "val_images": len(data.val_targets),
                           "ln_num_classes": math.log(data.num_classes),
                           "checks": [c.to_json() for c in dataset_checks]},
               "models": {}}
     for name in cfg.models:
-        report["models"][name] = diagnose_model(cfg, name, data, dataset_checks, device)
+        report["models"][name] = diagnose_model(cfg, name, data, train, probe, dataset_checks, device)
     return report

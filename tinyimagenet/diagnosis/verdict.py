@@ -103,7 +103,7 @@ def rank_causes(ev: Evidence) -> list[Cause]:
     runs = {r.name: r for r in ev.interventions}
     ups = [r for r in ev.interventions if r.name.startswith("lr_x")]
     downs = [r for r in ev.interventions if r.name.startswith("lr_div")]
-    base, failing = ev.base, ev.learning != "learning"
+    base, failing = ev.base, ev.learning not in ("learning", "preflight ok")
     base_txt = f"fixed batch, {base.describe()}"
 
     if ev.nonfinite:
@@ -132,17 +132,25 @@ def rank_causes(ev: Evidence) -> list[Cause]:
 
     probe_ok = ev.probe_test is not None and ev.probe_test.significant
     val_ok = ev.val_test is not None and ev.val_test.significant
+    trained = bool(ev.epochs) and not ev.nonfinite
     ann = ev.checks.get("val_annotations")
     if ann is not None and ann.status == "fail":
         add("val_labels_misaligned", 1.0, ann.detail)
-    if ev.epochs and not ev.nonfinite and not val_ok and probe_ok:
-        add("val_labels_misaligned", 0.95, f"held-out train images: {ev.probe_test.describe()}",
-            f"val: {ev.val_test.describe()}")
-    if ev.epochs and not ev.nonfinite and not val_ok and not probe_ok and base.fitted:
-        drop = ev.epochs[0]["train_loss"] - ev.epochs[-1]["train_loss"]
-        add("train_labels_unlearnable", 0.85, f"{base_txt} (it can memorize)",
-            f"held-out train images: {ev.probe_test.describe() if ev.probe_test else 'n/a'}",
-            f"val: {ev.val_test.describe()}", f"train loss fell by {drop:.3f} (memorization only)")
+    train_signal, val_signal = ev.checks.get("train_label_signal"), ev.checks.get("val_label_signal")
+    if train_signal is not None and val_signal is not None and train_signal.status == "pass" \
+            and val_signal.status == "warn":  # model-free: train labels predict train, not val
+        add("val_labels_misaligned", 0.8, f"held-out train: {train_signal.detail}", f"val: {val_signal.detail}")
+    if trained and not val_ok and probe_ok:
+        add("val_labels_misaligned", 0.95, f"model on held-out train images: {ev.probe_test.describe()}",
+            f"model on val: {ev.val_test.describe()}")
+    no_signal = train_signal is not None and train_signal.status == "warn"
+    if no_signal and (failing or not trained):
+        evidence = [f"held-out train: {train_signal.detail}"]
+        if trained and not val_ok and not probe_ok:
+            evidence.append(f"model on held-out train images: {ev.probe_test.describe()}")
+        if base.fitted:
+            evidence.append(f"{base_txt} (it can memorize, so the model is not the problem)")
+        add("train_labels_unlearnable", 0.9 if base.fitted else 0.6, *evidence)
     inputs = ev.checks.get("input_stats")
     if inputs is not None and inputs.status == "fail":
         fixed = runs.get("normalized")
@@ -181,5 +189,3 @@ def suggestions_for(causes: list[Cause], ev: Evidence) -> list[str]:
     return out
 
 
-def is_finite_number(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
