@@ -84,13 +84,16 @@ def extract_archive(zip_path: Path, parent: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def download_and_extract(parent: str | os.PathLike, url: str = URL, md5: str | None = MD5,
+def download_and_extract(parent: str | os.PathLike, url: str = URL, md5: str | None = "auto",
                          archive: str | None = None) -> Path:
     """Put Tiny ImageNet at `parent/tiny-imagenet-200` from `archive` (path or file:// URL) or `url`.
 
-    `md5` is checked for downloads; for a local `archive` it is checked only when given explicitly
-    (a cut or repacked copy has its own checksum). A mismatch raises and keeps nothing.
+    `md5="auto"` checks the official checksum when downloading the official URL and nothing for a
+    local archive or a mirror (a cut or repacked copy has its own checksum); pass a checksum to
+    check any source, None to check none. A mismatch raises and keeps nothing.
     """
+    if md5 == "auto":
+        md5 = MD5 if not archive and url == URL else None
     parent = Path(parent).expanduser()
     parent.mkdir(parents=True, exist_ok=True)
     local = _local_path(archive) if archive else None
@@ -121,10 +124,10 @@ def download_and_extract(parent: str | os.PathLike, url: str = URL, md5: str | N
 
 
 def ensure_downloaded(root=None, archive: str | None = None, url: str = URL,
-                      md5: str | None = None) -> Path:
+                      md5: str | None = "auto") -> Path:
     """The dataset folder under `root`, downloading/extracting it first if it is absent.
 
-    `md5=None` means: the official checksum for the official URL, no check for a local archive.
+    `md5="auto"`: the official checksum for the official URL, no check for a local archive.
     """
     if root is None:
         root = os.environ.get(ENV_ROOT) or Path("data")
@@ -134,8 +137,6 @@ def ensure_downloaded(root=None, archive: str | None = None, url: str = URL,
     except DatasetError:
         pass
     parent = root.parent if root.name == FOLDER_NAME else root
-    if md5 is None and not archive:
-        md5 = MD5
     import torch.distributed as dist
 
     distributed = dist.is_available() and dist.is_initialized()

@@ -26,30 +26,43 @@ from .synthetic import make_synthetic
 
 # ------------------------------------------------------------- batched augmentation on device
 def crop_flip(images: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, flip: torch.Tensor,
-              pad: int) -> torch.Tensor:
+              pad: int, *, index: torch.Tensor | None = None,
+              scratch: torch.Tensor | None = None) -> torch.Tensor:
     """Per-image random crop (zero padding `pad`) and horizontal flip of uint8 NHWC images.
 
     Output image b is the padded image's h x w window at row dy[b], column dx[b], mirrored when
     flip[b]. Same result as torchvision's RandomCrop(padding=pad, fill=0) + RandomHorizontalFlip
     applied image by image (tests/test_data.py checks it exactly).
+    index: crop images[index] instead of images (gathered straight into the padding buffer).
+    scratch: a contiguous uint8 (2, >=n, h+2*pad, w+2*pad, C) tensor of zeros to pad into; only
+        its interior is written, so its border stays zero and it can be reused batch after batch.
     """
-    # Speed (tests/test_data.py and benchmarks/data_throughput.py): an advanced-indexing gather
-    # with one index per output pixel costs ~40 ms per 256 images on a CPU core; copying whole
-    # windows with index_select costs ~1 ms. A flipped crop is the crop of the flipped padded
-    # image at the mirrored column 2*pad-dx, so padding the batch and its mirror image once lets
-    # a single window copy do crop and flip for every image.
-    n, h, w, c = images.shape
+    # Speed (benchmarks/data_throughput.py): an advanced-indexing gather with one index per output
+    # pixel took ~40 ms per 256 images on a CPU core; copying whole windows with index_select
+    # takes ~1 ms. A flipped crop is the crop of the mirrored padded image at column 2*pad-dx, so
+    # padding the batch and its mirror image once lets one window copy do crop and flip for all.
+    n = images.shape[0] if index is None else len(index)
+    _, h, w, c = images.shape
     hp, wp = h + 2 * pad, w + 2 * pad
-    padded = images.new_zeros(2, n, hp, wp, c)  # [0]: as is, [1]: mirrored
-    padded[0, :, pad:pad + h, pad:pad + w] = images
-    padded[1, :, pad:pad + h, pad:pad + w] = images.flip(2)
+    if scratch is None:
+        scratch = images.new_zeros(2, n, hp, wp, c)
+    elif not (scratch.is_contiguous() and scratch.shape[0] == 2 and scratch.shape[1] >= n
+              and scratch.shape[2:] == (hp, wp, c) and scratch.dtype == images.dtype):
+        raise ValueError(f"scratch must be contiguous {images.dtype} (2, >={n}, {hp}, {wp}, {c}), "
+                         f"got {scratch.dtype} {tuple(scratch.shape)}")
+    inner = scratch[:, :n, pad:pad + h, pad:pad + w]  # [0]: as is, [1]: mirrored
+    if index is None:
+        inner[0].copy_(images)
+    else:
+        torch.index_select(images, 0, index, out=inner[0])
+    inner[1].copy_(inner[0].flip(2))
     col = torch.where(flip, 2 * pad - dx, dx)
-    image = flip.long() * n + torch.arange(n, device=images.device)
-    start = (image * hp + dy) * wp + col  # index of each window's top-left pixel in `padded`
+    image = flip.long() * scratch.shape[1] + torch.arange(n, device=images.device)
+    start = (image * hp + dy) * wp + col  # index of each window's top-left pixel in `scratch`
     # Overlapping view: entry k is the h x w window whose top-left is pixel k (rows of w*c
     # elements, wp*c apart); its length keeps the last window inside the buffer (no device sync).
-    windows = padded.as_strided((padded.numel() // c - (h - 1) * wp - (w - 1), h, w * c),
-                                (c, wp * c, 1))
+    windows = scratch.as_strided((scratch.numel() // c - (h - 1) * wp - (w - 1), h, w * c),
+                                 (c, wp * c, 1))
     return windows.index_select(0, start).view(n, h, w, c)
 
 
@@ -135,12 +148,18 @@ class BatchLoader:
             dx = torch.randint(0, 2 * self.pad + 1, (n,), generator=g).to(self.device)
             dy = torch.randint(0, 2 * self.pad + 1, (n,), generator=g).to(self.device)
             flip = (torch.rand(n, generator=g) < 0.5).to(self.device)
+        scratch = None
         for step in range(self.start_step, len(self)):
             sl = slice(step * self.batch_size, min(n, (step + 1) * self.batch_size))
-            # index_select copies whole images; images[idx] is far slower on a CPU (per-byte).
-            batch = self.images.index_select(0, idx[sl])
             if self.augment:
-                batch = crop_flip(batch, dx[sl], dy[sl], flip[sl], self.pad)
+                if scratch is None:  # one zero-bordered padding buffer for the whole epoch
+                    _, h, w, c = self.images.shape
+                    scratch = self.images.new_zeros(2, self.batch_size, h + 2 * self.pad,
+                                                    w + 2 * self.pad, c)
+                batch = crop_flip(self.images, dx[sl], dy[sl], flip[sl], self.pad, index=idx[sl],
+                                  scratch=scratch)
+            else:  # index_select copies whole images; images[idx] is far slower on a CPU
+                batch = self.images.index_select(0, idx[sl])
             yield self.normalizer(batch), self.targets[idx[sl]]
 
 
