@@ -1,0 +1,343 @@
+"""Training throughput: images/s per model and the fraction of the matmul rate it achieves.
+
+    PYTHONPATH=. python benchmarks/train_throughput.py                         # CPU, all 5 models
+    PYTHONPATH=. python benchmarks/train_throughput.py --models BaselineCNN --repeats 7
+    PYTHONPATH=. python benchmarks/train_throughput.py --device cuda --data-dir data
+        # GPU: images/s per model (bf16 autocast), plus one timed epoch of BaselineCNN over the
+        # real subset (20,000 train images) with the repo's own training loop
+
+What it measures. Training steps (forward, cross-entropy, backward, Adam step) on batches from a
+`BatchLoader` over random uint8 images, so the on-device crop/flip/normalize is included. The
+achieved rate is images/s x 3 x forward FLOPs/image (`registry.model_summary`; x3 because the
+backward pass costs about twice the forward), divided by a dense matmul rate measured in the same
+run (fp32 `torch.mm` on CPU, bf16 on CUDA, where training runs under bf16 autocast). The ratio is a
+machine-independent efficiency figure: the last line is `fraction_of_matmul_peak: R` for
+BaselineCNN (or the first model run).
+
+Noise. The CPU machines this runs on are shared: another job can take one or both cores at any
+moment. Every figure is therefore measured `--repeats` times; the table shows the best (what
+the code can do) and the median/min (how much the machine interfered), and the ratio uses best
+vs best. Run it twice and compare before believing a difference under ~10%.
+
+CPU defaults (chosen by measurement on the 2-core AMD EPYC dev machine, see the benchmark's
+report): channels_last, batch 64, torch threads = cores, Adam with foreach, grads set to None.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+# Must precede `import torch` (libgomp reads it when loaded). With the default (spinning) policy an
+# OpenMP thread whose partner core is taken by another job burns its core spinning at every
+# barrier; PASSIVE sleeps instead. Measured on the busy 2-core box: 2-thread training +35-50%.
+# Set OMP_WAIT_POLICY=ACTIVE yourself to measure without it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without PYTHONPATH too
+
+from tinyimagenet.loaders import BatchLoader, load_data  # noqa: E402
+from tinyimagenet.registry import MODELS, build_model, model_summary  # noqa: E402
+
+NUM_CLASSES = 200
+
+
+# ------------------------------------------------------------------------------ helpers
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class MatmulProbe:
+    """Dense n x n @ n x n GFLOP/s, sampled repeatedly during the run (`sample()`, ~0.3 s each).
+
+    The reference rate is sampled next to every timed training repeat rather than once at the
+    start: other jobs come and go on a shared machine, and a ratio of two figures taken minutes
+    apart mostly measures how the load changed in between.
+    """
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, n: int):
+        self.device, self.n = device, n
+        self.a = torch.randn(n, n, device=device, dtype=dtype)
+        self.b = torch.randn(n, n, device=device, dtype=dtype)
+        self.out = torch.empty(n, n, device=device, dtype=dtype)
+        self.rates: list[float] = []
+        torch.mm(self.a, self.b, out=self.out)  # warm-up: thread pool, kernel choice, page faults
+        sync(device)
+        t0 = time.perf_counter()
+        torch.mm(self.a, self.b, out=self.out)
+        sync(device)
+        self.inner = max(1, int(0.3 / max(time.perf_counter() - t0, 1e-6)))
+
+    def sample(self) -> float:
+        sync(self.device)
+        t0 = time.perf_counter()
+        for _ in range(self.inner):
+            torch.mm(self.a, self.b, out=self.out)
+        sync(self.device)
+        self.rates.append(2 * self.n ** 3 * self.inner / (time.perf_counter() - t0) / 1e9)
+        return self.rates[-1]
+
+
+def keep_freed_memory() -> bool:
+    """Stop glibc from mmap-ing (and unmapping on free) every large tensor.
+
+    PyTorch's CPU allocator is plain malloc/free, and glibc serves blocks over its mmap threshold
+    (at most 32 MB) with fresh mmap()s: every step then page-faults and zero-fills its big
+    activations again (BaselineCNN at batch 64: 67 MB per conv1-sized tensor). Keeping freed memory
+    in the heap (no mmap, no trimming) lets the next step reuse it: ~20-30% more images/s here.
+    Same as MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=... in the environment, but settable now.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):  # not glibc (macOS, musl): leave the allocator alone
+        return False
+
+
+def random_loader(batch_size: int, batches: int, device: torch.device, seed: int = 0) -> BatchLoader:
+    """A training BatchLoader (shuffle, crop+flip, normalize) over random uint8 images."""
+    g = torch.Generator().manual_seed(seed)
+    n = batch_size * batches
+    images = torch.randint(0, 256, (n, 64, 64, 3), dtype=torch.uint8, generator=g)
+    targets = torch.randint(0, NUM_CLASSES, (n,), generator=g)
+    return BatchLoader(images, targets, batch_size, train=True, device=device, seed=seed)
+
+
+def make_optimizer(model, args) -> torch.optim.Optimizer:
+    impl = args.optimizer_impl
+    kw = {"fused": True} if impl == "fused" else {"foreach": impl == "foreach"}
+    return torch.optim.Adam(model.parameters(), lr=1e-4, **kw)
+
+
+def make_step(model, optimizer, device: torch.device, amp: bool, set_to_none: bool):
+    """One training step; the same operations as tinyimagenet.train.train_one_epoch's loop."""
+    def step(x, y):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=set_to_none)
+        loss.backward()
+        optimizer.step()
+        return loss
+    return step
+
+
+# ----------------------------------------------------------------------- per-model timing
+def time_model(name: str, args, device: torch.device, probe: MatmulProbe) -> dict:
+    """images/s per repeat for one model, plus the CPU cores the process actually got.
+
+    Each repeat runs the same cached batches; their number is `--steps`, or (by default) what
+    fills about `--seconds` at the warm-up rate, so the 13 GFLOP/image BestModel is measured
+    briefly and BaselineCNN for long enough.
+    """
+    torch.manual_seed(0)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = build_model(name, num_classes=NUM_CLASSES).to(device, memory_format=fmt).train()
+    flops = model_summary(model)["flops"]
+    optimizer = make_optimizer(model, args)
+    net = torch.compile(model) if args.compile else model
+    step = make_step(net, optimizer, device, amp=device.type == "cuda" and args.amp,
+                     set_to_none=args.set_to_none)
+    max_steps = args.steps or args.max_steps
+    loader = random_loader(args.batch_size, args.warmup + max_steps, device)
+    # The loader yields channels_last; --no-channels-last feeds NCHW end to end.
+    batches = [(x if args.channels_last else x.contiguous(), y) for x, y in loader]
+    sync(device)
+    t0 = time.perf_counter()
+    for x, y in batches[:args.warmup]:  # kernel selection, allocator growth, compilation
+        step(x, y)
+    sync(device)
+    per_step = (time.perf_counter() - t0) / max(1, args.warmup)
+    steps = args.steps or max(1, min(max_steps, round(args.seconds / max(per_step, 1e-9))))
+    timed = batches[args.warmup:args.warmup + steps]
+    rates, cores, paired = [], [], []
+    for _ in range(args.repeats):
+        mm = probe.sample()
+        sync(device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for x, y in timed:
+            loss = step(x, y)
+        sync(device)
+        wall = time.perf_counter() - t0
+        rates.append(args.batch_size * len(timed) / wall)
+        cores.append((time.process_time() - c0) / wall)
+        paired.append(rates[-1] * 3 * flops / 1e9 / mm)
+    probe.sample()
+    if not torch.isfinite(loss):
+        raise RuntimeError(f"{name}: loss became {loss.item()} during the benchmark")
+    del batches, timed
+    # The loader's own cost (shuffle, crop/flip, normalize), shown so it is not hidden: the
+    # timed loop above reuses batches made beforehand.
+    loader.set_epoch(1)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in loader:
+        pass
+    sync(device)
+    loader_rate = len(loader) * args.batch_size / (time.perf_counter() - t0)
+    return {"name": name, "flops": flops, "rates": rates, "cores": cores, "steps": steps, "paired": paired,
+            "loader_img_s": loader_rate}
+
+
+def time_cuda_epoch(args, device: torch.device) -> dict:
+    """One training epoch of BaselineCNN over the real subset with the repo's train_one_epoch."""
+    from tinyimagenet.train import TrainConfig, make_optimizer as train_optimizer, make_scheduler, \
+        train_one_epoch
+
+    data = load_data(args.data_dir, progress=False)
+    cfg = TrainConfig(model="BaselineCNN", recipe="strong", epochs=1, device=str(device),
+                      channels_last=True, amp=True, progress=False).resolved()
+    torch.manual_seed(0)
+    model = build_model(cfg.model, num_classes=data.num_classes).to(device, memory_format=torch.channels_last)
+    loader = BatchLoader(data.train_images, data.train_targets, cfg.batch_size, train=True,
+                         device=device, seed=cfg.seed)
+    optimizer = train_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, len(loader))
+    # A warm-up epoch on a slice: cuDNN autotuning and allocator growth are not an epoch's cost.
+    warm = BatchLoader(data.train_images[:cfg.batch_size * 4], data.train_targets[:cfg.batch_size * 4],
+                       cfg.batch_size, train=True, device=device)
+    train_one_epoch(model, warm, optimizer, scheduler, epoch=0, cfg=cfg, device=device)
+    sync(device)
+    t0 = time.perf_counter()
+    pos = train_one_epoch(model, loader, optimizer, scheduler, epoch=0, cfg=cfg, device=device)
+    sync(device)
+    seconds = time.perf_counter() - t0
+    n = int(pos["sums"][2].item())
+    return {"images": n, "seconds": seconds, "img_s": n / seconds, "batch_size": cfg.batch_size}
+
+
+# ------------------------------------------------------------------------------ CLI
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Training images/s and fraction of the matmul rate.")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), metavar="NAME",
+                   help=f"models to time (default: all of {', '.join(MODELS)})")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps per repeat (default: what fills --seconds, at most --max-steps)")
+    p.add_argument("--seconds", type=float, default=None, help="target per repeat (default: 8 CPU, 2 CUDA)")
+    p.add_argument("--max-steps", type=int, default=None, help="default: 8 CPU, 100 CUDA")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 2 CPU, 10 CUDA)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats; best, median and min are shown")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPU count)")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (slow to start)")
+    p.add_argument("--optimizer-impl", default="fused", choices=["fused", "foreach", "forloop"],
+                   help="Adam implementation (default: fused, one pass over each parameter)")
+    p.add_argument("--keep-grads", dest="set_to_none", action="store_false",
+                   help="zero grads in place instead of setting them to None")
+    p.add_argument("--no-malloc-tuning", dest="malloc_tuning", action="store_false",
+                   help="CPU: leave glibc's mmap threshold alone (see keep_freed_memory)")
+    p.add_argument("--no-mkldnn", action="store_true", help="torch.backends.mkldnn.enabled = False")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="CUDA: fp32 instead of bf16 autocast")
+    p.add_argument("--matmul-size", type=int, default=None, help="default: 2048 CPU, 8192 CUDA")
+    p.add_argument("--data-dir", default=None,
+                   help="CUDA: the real subset (tiny-imagenet-200 or its parent) for the epoch timing")
+    p.add_argument("--no-epoch", dest="epoch", action="store_false", help="CUDA: skip the epoch timing")
+    return p
+
+
+def resolve_device(parser: argparse.ArgumentParser, name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        parser.error(f"--device must be cpu or cuda[:N], got {name!r}")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda[:N], got {name!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            sys.exit(f"error: --device {name}: CUDA is not available on this machine "
+                     "(torch.cuda.is_available() is False); run with --device cpu.")
+        if (device.index or 0) >= torch.cuda.device_count():
+            sys.exit(f"error: --device {name}: only {torch.cuda.device_count()} CUDA device(s) here.")
+    return device
+
+
+def main(argv=None) -> dict:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    device = resolve_device(parser, args.device)
+    cpu = device.type == "cpu"
+    args.seconds = args.seconds or (8.0 if cpu else 2.0)
+    args.max_steps = args.max_steps or (8 if cpu else 100)
+    args.warmup = args.warmup if args.warmup is not None else (2 if cpu else 10)
+    args.matmul_size = args.matmul_size or (2048 if cpu else 8192)
+    if cpu:
+        torch.set_num_threads(args.threads or os.cpu_count() or 1)
+        malloc = keep_freed_memory() if args.malloc_tuning else False
+    else:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
+        malloc = False
+    if args.no_mkldnn:
+        torch.backends.mkldnn.enabled = False
+
+    # Training runs in bf16 under autocast on CUDA, so that is the matmul rate to compare with.
+    mm_dtype = torch.bfloat16 if device.type == "cuda" and args.amp else torch.float32
+    probe = MatmulProbe(device, mm_dtype, args.matmul_size)
+    for _ in range(3):
+        probe.sample()
+    where = torch.cuda.get_device_name(device) if not cpu else \
+        f"CPU ({os.cpu_count()} cores), {torch.get_num_threads()} threads, " \
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, malloc tuning {'on' if malloc else 'off'}"
+    print(f"device: {where}; torch {torch.__version__}")
+    print(f"batch {args.batch_size}; {'channels_last' if args.channels_last else 'NCHW'}; "
+          f"Adam {args.optimizer_impl}; compile {args.compile}; "
+          f"{'bf16 autocast' if mm_dtype == torch.bfloat16 else 'fp32'}; {args.repeats} repeats", flush=True)
+
+    results = {}
+    for model_name in args.models:
+        r = time_model(model_name, args, device, probe)
+        results[model_name] = r
+        print(f"  {model_name}: {', '.join(f'{x:.1f}' for x in r['rates'])} img/s", flush=True)
+
+    mm = probe.rates
+    mm_best = max(mm)
+    results["matmul_gflops"] = mm
+    print(f"matmul {args.matmul_size}^3 {str(mm_dtype).replace('torch.', '')}: best {mm_best:.1f} GFLOP/s "
+          f"(median {statistics.median(mm):.1f}, min {min(mm):.1f}; {len(mm)} samples between the repeats)")
+    header = (f"{'model':<19} {'GFLOP/img':>9} {'steps':>5} {'img/s best':>10} {'median':>7} {'min':>7} "
+              f"{'cores':>5} {'GFLOP/s':>8} {'of matmul':>9} {'paired':>6} {'loader img/s':>12}")
+    print(header)
+    print("-" * len(header))
+    for model_name in args.models:
+        r = results[model_name]
+        best = max(r["rates"])
+        gflops = best * 3 * r["flops"] / 1e9  # forward + backward ~ 3x forward
+        r.update(best=best, gflops=gflops, fraction=gflops / mm_best)
+        print(f"{model_name:<19} {r['flops'] / 1e9:>9.3f} {r['steps']:>5} {best:>10.1f} "
+              f"{statistics.median(r['rates']):>7.1f} {min(r['rates']):>7.1f} "
+              f"{statistics.median(r['cores']):>5.2f} {gflops:>8.1f} {r['fraction']:>9.2f} "
+              f"{statistics.median(r['paired']):>6.2f} {r['loader_img_s']:>12.0f}")
+    print("(of matmul: best img/s vs best matmul sample; paired: median of each repeat vs the matmul "
+          "sample just before it)")
+    if cpu:
+        print("(cores: process CPU-seconds per wall-second while timing; under the thread count "
+              "means other jobs had the cores)")
+
+    if device.type == "cuda" and args.epoch:
+        if args.data_dir is None:
+            print("epoch timing skipped: pass --data-dir with the real subset (or --no-epoch)")
+        else:
+            e = time_cuda_epoch(args, device)
+            results["epoch"] = e
+            print(f"one epoch, BaselineCNN, real subset: {e['images']} images in {e['seconds']:.2f} s "
+                  f"= {e['img_s']:.0f} img/s (batch {e['batch_size']}, bf16 autocast, channels_last)")
+
+    key = "BaselineCNN" if "BaselineCNN" in results else args.models[0]
+    print(f"fraction_of_matmul_peak: {results[key]['fraction']:.2f}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
