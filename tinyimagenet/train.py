@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -214,9 +215,6 @@ RESUMABLE_CHANGES = {"epochs", "resume", "progress", "out", "device", "compile",
 
 def _check_same_run(saved: dict, cfg: TrainConfig, path) -> None:
     now = dataclasses.asdict(cfg)
-    if cfg.schedule == "cosine" and cfg.schedule_epochs is None and saved.get("epochs") != cfg.epochs:
-        raise ValueError(f"--resume: {path} was trained with a cosine schedule over {saved.get('epochs')} epochs; "
-                         f"changing --epochs to {cfg.epochs} would change its learning rates. Keep --epochs.")
     diff = {k: (saved.get(k), v) for k, v in now.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v}
     if diff:
         changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
@@ -299,6 +297,12 @@ def fit(cfg: TrainConfig, data: Data | None = None, model: nn.Module | None = No
             step_bar.close()
             train_seconds = time.perf_counter() - t0
             loss_sum, correct, count = distributed.all_reduce_sum(position["sums"].clone()).tolist()
+            if dist_info.world_size > 1:
+                # Fix: DDP syncs BatchNorm running stats from rank 0 only at the start of each
+                # forward, so after the last step every rank holds its own. Evaluate every shard
+                # with rank 0's (the ones last.pt saves), or the all-reduced val metrics mix models.
+                for buf in model.buffers():
+                    torch.distributed.broadcast(buf, src=0)
             val = evaluate(model, val_loader, device, amp=cfg.amp)
             row = dict(epoch=epoch + 1, train_loss=loss_sum / count, train_acc=100 * correct / count,
                        val_loss=val["loss"], val_acc=val["top1"], val_top5=val["top5"],
@@ -370,7 +374,8 @@ def main(argv=None) -> list[dict]:
         history = fit(cfg)
     finally:
         distributed.cleanup()
-    if history and distributed.Dist().is_main:
+    # Fix: distributed.Dist() is a default (rank 0) value, so every rank printed; ask torchrun's RANK.
+    if history and int(os.environ.get("RANK", "0")) == 0:
         last = history[-1]
         print(f"epoch {last['epoch']}: train loss {last['train_loss']:.4f}, val top-1 {last['val_acc']:.2f}%, "
               f"top-5 {last['val_top5']:.2f}%  ->  {cfg.out}/history.csv")
