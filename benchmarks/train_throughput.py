@@ -15,26 +15,32 @@ the backward pass costs about twice the forward), divided by a dense matmul rate
 same run: fp32 2048^3 `torch.mm` on CPU; bf16 8192^3 on CUDA, where training runs under bf16
 autocast. The last line is `fraction_of_matmul_peak: R` for BaselineCNN (or the first model).
 
-Noise. The CPU box is shared: other jobs take one or both cores at any moment. So the matmul rate
-is sampled between all training repeats, and each figure is repeated (`--repeats`): the table
-shows best (what the code can do), median and min (how much the machine interfered), `cores`
-(CPU-seconds per second the process got), the best-vs-best ratio (the last line) and `paired`,
-the median of each repeat against the matmul sample just before it (robust to load changes).
+Noise. The CPU box is shared: other jobs take one or both cores at any moment, so a rate measured
+a minute before another says little. The matmul rate is therefore sampled between all training
+repeats, and the ratio (`of matmul`, and the last line) is the median over repeats of the repeat's
+GFLOP/s divided by the better of the two matmul samples bracketing it. The table also shows the
+best (what the code can do), median and min img/s, `cores` (CPU-seconds per second the process
+got: 1.0 of 2 means another job held a core) and `best/best`, best repeat vs best matmul sample of
+the whole run, which swings from 0.4 to 0.8 with the load.
 
-Measured on the 2-core AMD EPYC (Zen 3, AVX2) box, BaselineCNN, batch 64, other jobs running
-(load average 4-6), alternating runs; ranges are over 3 runs each:
-    plain loop (libgomp default wait policy, glibc malloc as is, for-loop Adam):
-        20-32 img/s, fraction 0.41-0.45 (paired 0.42-0.44)
-    these defaults: 50-56 img/s with ~1 core free, 92-110 img/s with ~1.9 cores free,
-        fraction 0.65-0.73 (paired 0.65-0.80)
-What helped, one change at a time against these defaults (same-conditions A/B runs):
-    malloc tuning (keep_freed_memory)     +20-30% img/s: no page faults re-zeroing activations
-    OMP_WAIT_POLICY=PASSIVE               +35-50% with 2 threads when another job holds a core
+Measured on the 2-core AMD EPYC (Zen 3, AVX2) box, BaselineCNN, batch 64, alternating A/B runs
+(ranges over 3 runs each; "busy": ~1 core free, load average 4-6; "quiet": ~1.9 cores free):
+    plain loop (libgomp's default wait policy, glibc malloc as is, for-loop Adam):
+        busy 20-32 img/s, fraction ~0.43;  quiet 58-73 img/s, fraction 0.48-0.54
+    these defaults:
+        busy 50-56 img/s, fraction ~0.72;  quiet 72-117 img/s, fraction 0.60-0.77
+What helped, one change at a time against these defaults:
+    malloc tuning (keep_freed_memory)     +20-30% img/s, busy or quiet: no page faults re-zeroing
+                                          each step's activations
+    OMP_WAIT_POLICY=PASSIVE               +35-50% when another job holds a core; no change quiet
     channels_last vs NCHW                 +15-30%
-    Adam fused vs foreach                 +0-10% (one pass over the 8.4M-weight Linear)
-No help: batch 128/256 vs 64 (within +-10% noise, no consistent winner), torch.compile (~30%
-slower on CPU here, and ~70 s to compile), mkldnn disabled (~20% slower), 1 thread vs 2 (equal
-when only one core is free, half the speed when two are), keeping grads (set_to_none=False).
+    Adam fused vs foreach/for-loop        +0-10% (one pass over the 8.4M-weight Linear)
+No help: batch 128/256 vs 64 (within +-10%, no consistent winner), torch.compile (~30% slower on
+CPU here, ~70 s to compile), mkldnn disabled (~20% slower), keeping grads (set_to_none=False),
+GOMP_SPINCOUNT 1e4/1e5 vs PASSIVE (same), 1 thread (as fast as 2 when one core is free, 0.5-0.65x
+when two are). Two 1-thread processes side by side did ~55 img/s each: data-parallel processes
+(torchrun --nproc_per_node=2, OMP_NUM_THREADS=1) may beat one 2-thread process by ~20-30%
+before the gradient all-reduce, not measured here.
 """
 from __future__ import annotations
 
@@ -176,9 +182,8 @@ def time_model(name: str, args, device: torch.device, probe: MatmulProbe) -> dic
     per_step = (time.perf_counter() - t0) / max(1, args.warmup)
     steps = args.steps or max(1, min(max_steps, round(args.seconds / max(per_step, 1e-9))))
     timed = batches[args.warmup:args.warmup + steps]
-    rates, cores, paired = [], [], []
+    rates, cores, mm = [], [], [probe.sample()]
     for _ in range(args.repeats):
-        mm = probe.sample()
         sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
         for x, y in timed:
@@ -187,8 +192,10 @@ def time_model(name: str, args, device: torch.device, probe: MatmulProbe) -> dic
         wall = time.perf_counter() - t0
         rates.append(args.batch_size * len(timed) / wall)
         cores.append((time.process_time() - c0) / wall)
-        paired.append(rates[-1] * 3 * flops / 1e9 / mm)
-    probe.sample()
+        mm.append(probe.sample())
+    # Each repeat against the better of the matmul samples just before and after it: the two
+    # share the machine's load of that moment, so the ratio does not swing with other jobs.
+    paired = [r * 3 * flops / 1e9 / max(a, b) for r, a, b in zip(rates, mm, mm[1:])]
     if not torch.isfinite(loss):
         raise RuntimeError(f"{name}: loss became {loss.item()} during the benchmark")
     del batches, timed
@@ -201,8 +208,8 @@ def time_model(name: str, args, device: torch.device, probe: MatmulProbe) -> dic
         pass
     sync(device)
     loader_rate = len(loader) * args.batch_size / (time.perf_counter() - t0)
-    return {"name": name, "flops": flops, "rates": rates, "cores": cores, "steps": steps, "paired": paired,
-            "loader_img_s": loader_rate}
+    return {"name": name, "flops": flops, "rates": rates, "cores": cores, "steps": steps,
+            "paired": paired, "matmul": mm, "loader_img_s": loader_rate}
 
 
 def time_cuda_epoch(args, device: torch.device) -> dict:
@@ -329,20 +336,21 @@ def main(argv=None) -> dict:
     print(f"matmul {args.matmul_size}^3 {str(mm_dtype).replace('torch.', '')}: best {mm_best:.1f} GFLOP/s "
           f"(median {statistics.median(mm):.1f}, min {min(mm):.1f}; {len(mm)} samples between the repeats)")
     header = (f"{'model':<19} {'GFLOP/img':>9} {'steps':>5} {'img/s best':>10} {'median':>7} {'min':>7} "
-              f"{'cores':>5} {'GFLOP/s':>8} {'of matmul':>9} {'paired':>6} {'loader img/s':>12}")
+              f"{'cores':>5} {'GFLOP/s':>8} {'of matmul':>9} {'best/best':>9} {'loader img/s':>12}")
     print(header)
     print("-" * len(header))
     for model_name in args.models:
         r = results[model_name]
         best = max(r["rates"])
         gflops = best * 3 * r["flops"] / 1e9  # forward + backward ~ 3x forward
-        r.update(best=best, gflops=gflops, fraction=gflops / mm_best)
+        r.update(best=best, gflops=gflops, best_vs_best=gflops / mm_best,
+                 fraction=statistics.median(r["paired"]))
         print(f"{model_name:<19} {r['flops'] / 1e9:>9.3f} {r['steps']:>5} {best:>10.1f} "
               f"{statistics.median(r['rates']):>7.1f} {min(r['rates']):>7.1f} "
               f"{statistics.median(r['cores']):>5.2f} {gflops:>8.1f} {r['fraction']:>9.2f} "
-              f"{statistics.median(r['paired']):>6.2f} {r['loader_img_s']:>12.0f}")
-    print("(of matmul: best img/s vs best matmul sample; paired: median of each repeat vs the matmul "
-          "sample just before it)")
+              f"{r['best_vs_best']:>9.2f} {r['loader_img_s']:>12.0f}")
+    print("(of matmul: median over repeats of the repeat's GFLOP/s / the better matmul sample just\n"
+          " before and after it; best/best: best repeat vs best matmul sample of the whole run)")
     if cpu:
         print("(cores: process CPU-seconds per wall-second while timing; under the thread count "
               "means other jobs had the cores)")
