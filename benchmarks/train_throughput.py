@@ -45,7 +45,6 @@ before the gradient all-reduce, not measured here.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import statistics
 import sys
@@ -69,6 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without
 
 from tinyimagenet.loaders import BatchLoader, load_data  # noqa: E402
 from tinyimagenet.registry import MODELS, build_model, model_summary  # noqa: E402
+from tinyimagenet.runtime import keep_freed_memory  # noqa: E402
 
 NUM_CLASSES = 200
 
@@ -108,23 +108,6 @@ class MatmulProbe:
         sync(self.device)
         self.rates.append(2 * self.n ** 3 * self.inner / (time.perf_counter() - t0) / 1e9)
         return self.rates[-1]
-
-
-def keep_freed_memory() -> bool:
-    """Stop glibc from mmap-ing (and unmapping on free) every large tensor.
-
-    PyTorch's CPU allocator is plain malloc/free, and glibc serves blocks over its mmap threshold
-    (at most 32 MB) with fresh mmap()s: every step then page-faults and zero-fills its big
-    activations again (BaselineCNN at batch 64: 67 MB per conv1-sized tensor). Keeping freed memory
-    in the heap (no mmap, no trimming) lets the next step reuse it: ~20-30% more images/s here.
-    Same as MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=... in the environment, but settable now.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
-    except (OSError, AttributeError):  # not glibc (macOS, musl): leave the allocator alone
-        return False
 
 
 def random_loader(batch_size: int, batches: int, device: torch.device, seed: int = 0) -> BatchLoader:

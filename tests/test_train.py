@@ -161,6 +161,66 @@ def test_ctrl_c_mid_epoch_then_resume_equals_uninterrupted(reference_run, synthe
     same_history(resumed, ref_history)
 
 
+@pytest.mark.parametrize("step", [1, 3])
+def test_sigint_inside_a_step_stops_after_that_step(reference_run, synthetic_root, tmp_path,
+                                                     monkeypatch, step):
+    """A real SIGINT (Ctrl-C, or Jupyter's interrupt) delivered during step `step`'s forward pass:
+    the step completes (weights, optimizer and position agree), then the run stops and saves."""
+    _, ref_history, ref_ck = reference_run
+    calls = {"n": 0}
+    real_build = train_mod.build_model
+
+    def build_with_sigint(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+
+        def hook(module, inputs):
+            if module.training:
+                if calls["n"] == step:
+                    os.kill(os.getpid(), signal.SIGINT)
+                calls["n"] += 1
+        model.register_forward_pre_hook(hook)
+        return model
+
+    monkeypatch.setattr(train_mod, "build_model", build_with_sigint)
+    handler_before = signal.getsignal(signal.SIGINT)
+    history = main(run_args(synthetic_root, tmp_path, "--epochs", "2"))
+    monkeypatch.setattr(train_mod, "build_model", real_build)
+    assert history == []
+    ck = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert (ck["epoch"], ck["step"]) == (0, step + 1)  # the interrupted step was finished, not lost
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the run's handler is gone again
+
+    resumed = main(run_args(synthetic_root, tmp_path, "--epochs", "2", "--resume"))
+    same_weights(torch.load(tmp_path / "last.pt", weights_only=True), ref_ck)
+    same_history(resumed, ref_history)
+
+
+def strong_args(root, out, *extra) -> list[str]:
+    """run_args under the "strong" recipe: warmup, then cosine decay over the schedule's horizon."""
+    args = run_args(root, out, *extra)
+    args[args.index("--recipe") + 1] = "strong"
+    return args
+
+
+def test_resume_with_a_different_cosine_horizon_is_refused(synthetic_root, tmp_path):
+    main(strong_args(synthetic_root, tmp_path, "--epochs", "1"))
+    before = (tmp_path / "last.pt").read_bytes()
+    with pytest.raises(ValueError, match=r"cosine schedule over 1 epochs.*--schedule-epochs"):
+        main(strong_args(synthetic_root, tmp_path, "--epochs", "2", "--resume"))
+    assert (tmp_path / "last.pt").read_bytes() == before
+
+
+def test_pinned_cosine_horizon_resumes_exactly(synthetic_root, tmp_path):
+    """--schedule-epochs 2: one epoch now, one more later == two epochs in one go (cosine, warmup)."""
+    reference = main(strong_args(synthetic_root, tmp_path / "ref", "--schedule-epochs", "2", "--epochs", "2"))
+    main(strong_args(synthetic_root, tmp_path / "split", "--schedule-epochs", "2", "--epochs", "1"))
+    resumed = main(strong_args(synthetic_root, tmp_path / "split", "--schedule-epochs", "2", "--epochs", "2",
+                               "--resume"))
+    same_history(resumed, reference)
+    same_weights(torch.load(tmp_path / "split" / "last.pt", weights_only=True),
+                 torch.load(tmp_path / "ref" / "last.pt", weights_only=True))
+
+
 def test_resume_with_a_different_lr_is_refused(reference_run, synthetic_root, tmp_path):
     out, _, _ = reference_run
     (tmp_path / "last.pt").write_bytes((out / "last.pt").read_bytes())
@@ -313,6 +373,42 @@ def test_ddp_two_cpu_processes_match_single_process_evaluate(odd_root, tmp_path,
     assert abs(last["val_loss"] - single["loss"]) < 1e-5 * max(1.0, single["loss"])
     # Accuracies over 15 images are multiples of 100/15; a padded 16th image would break that.
     assert abs(last["val_acc"] * 15 / 100 - round(last["val_acc"] * 15 / 100)) < 1e-9
+
+
+NAN_ON_RANK_1 = """
+import os, sys
+from tinyimagenet import train
+real_build, calls = train.build_model, {"n": 0}
+def build(*args, **kwargs):
+    model = real_build(*args, **kwargs)
+    def hook(module, inputs, output):
+        if module.training:
+            calls["n"] += 1
+            if os.environ["RANK"] == "1" and calls["n"] == 2:  # rank 1's 2nd step only
+                return output * float("nan")
+    model.register_forward_hook(hook)
+    return model
+train.build_model = build
+try:
+    train.main(sys.argv[1:])
+except train.NonFiniteLossError as err:
+    print(f"rank {os.environ['RANK']} stopped: epoch {err.epoch}, step {err.step}", flush=True)
+"""
+
+
+def test_ddp_nan_on_one_rank_stops_every_rank(odd_root, tmp_path):
+    """Without a collective check the clean rank would wait in the next all-reduce forever."""
+    driver = tmp_path / "nan_on_rank_1.py"
+    driver.write_text(NAN_ON_RANK_1)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           f"--master_port={_free_port()}", str(driver), "--model", "BaselineCNN", "--epochs", "2",
+           "--recipe", "seed", "--lr", "1e-3", "--batch-size", "12", "--data-dir", str(odd_root),
+           "--device", "cpu", "--no-progress", "--out", str(tmp_path / "out")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    out = proc.stdout + proc.stderr
+    assert "rank 0 stopped: epoch 1, step 2" in out and "rank 1 stopped: epoch 1, step 2" in out, out[-3000:]
+    assert not (tmp_path / "out" / "last.pt").exists()  # no epoch finished: nothing to keep
 
 
 # ---------------------------------------------------------------------------------- CLI

@@ -23,6 +23,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+if __name__ == "__main__":
+    # A CLI run owns its process, so it may set what libgomp reads once, at `import torch`: idle
+    # OpenMP threads sleep at once instead of spinning. +35-50% images/s on the 2-core box when
+    # another job holds a core, no change when quiet (benchmarks/train_throughput.py).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -33,6 +39,7 @@ from .checkpoint import load_checkpoint, save_checkpoint, write_history_csv, wri
 from .data import require_labels
 from .loaders import BatchLoader, Data, load_data
 from .registry import MODELS, build_model
+from .runtime import StepBoundaryInterrupt, fused_optimizer_kwargs, keep_freed_memory, pick_device
 
 # ----------------------------------------------------------------------------- config and recipes
 RECIPES = {
@@ -99,22 +106,15 @@ class NonFiniteLossError(RuntimeError):
                          "last checkpoint is the previous epoch's. Lower the lr or check the inputs.")
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu.")
-    return torch.device(name)
-
-
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     # Weight decay on conv/linear weights only: decaying biases and norm gains just hurts.
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [dict(params=decay, weight_decay=cfg.weight_decay), dict(params=no_decay, weight_decay=0.0)]
+    fused = fused_optimizer_kwargs(next(model.parameters()).device)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+        return torch.optim.Adam(groups, lr=cfg.lr, **fused)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True, **fused)
 
 
 def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
@@ -138,12 +138,15 @@ def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
 
 # ---------------------------------------------------------------------- one epoch, and evaluation
 def train_one_epoch(model, loader, optimizer, scheduler, *, epoch: int, cfg: TrainConfig,
-                    device: torch.device, rank: int = 0, position: dict | None = None, bar=None) -> dict:
+                    device: torch.device, rank: int = 0, position: dict | None = None, bar=None,
+                    interrupt: StepBoundaryInterrupt | None = None) -> dict:
     """Train one epoch over `loader`; returns {"step": steps done, "sums": [loss*n, correct, n]}.
 
     `position` is that same dict, updated after every step, so a caller interrupted mid-epoch
     (Ctrl-C) knows where it stopped; passing a saved one resumes there. Non-finite losses are
-    caught at the next sync point (every step on CPU, every 20 on GPU): NonFiniteLossError.
+    caught at the next sync point (every step on CPU, every 20 on GPU): NonFiniteLossError, on
+    every rank at once under DDP (a rank that stopped alone would leave the others waiting in the
+    next gradient all-reduce forever). `interrupt.check()` runs after each complete step.
     """
     model.train()
     amp = cfg.amp and device.type == "cuda"
@@ -172,8 +175,10 @@ def train_one_epoch(model, loader, optimizer, scheduler, *, epoch: int, cfg: Tra
         seen += len(y)
         if (step + 1) % sync_every == 0 or step + 1 == steps:
             window = torch.stack(losses)
-            if not bool(torch.isfinite(window).all()):
-                bad = int((~torch.isfinite(window)).nonzero()[0])
+            bad_here = ~torch.isfinite(window)
+            if bool(distributed.all_reduce_sum(bad_here.sum().double().reshape(1)).item()):
+                # This rank's first bad step, or (when only other ranks saw one) the window's end.
+                bad = int(bad_here.nonzero()[0]) if bool(bad_here.any()) else len(window) - 1
                 raise NonFiniteLossError(epoch + 1, last_sync + bad + 1, float(window[bad]))
             losses.clear()
             if bar is not None:
@@ -183,6 +188,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, *, epoch: int, cfg: Tra
                 bar.update(step + 1 - last_sync)
             last_sync = step + 1
         position["step"] = step + 1
+        if interrupt is not None:
+            interrupt.check()  # a Ctrl-C during the step takes effect now, with `position` exact
     return position
 
 
@@ -220,6 +227,14 @@ def _check_same_run(saved: dict, cfg: TrainConfig, path) -> None:
         changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
         raise ValueError(f"--resume: {path} was written by a different configuration ({changes}). "
                          "Use another --out, or the same options.")
+    # --epochs may change on resume, but a cosine schedule's horizon is --epochs unless
+    # --schedule-epochs pins it: the continued run would follow a schedule no single run follows.
+    saved_horizon = saved.get("schedule_epochs") or saved.get("epochs")
+    if cfg.schedule == "cosine" and (cfg.schedule_epochs or cfg.epochs) != saved_horizon:
+        raise ValueError(f"--resume: {path} follows a cosine schedule over {saved_horizon} epochs; "
+                         f"resuming with --epochs {cfg.epochs} would change it mid-run. Resume with "
+                         f"--epochs {saved_horizon}, or start runs you mean to extend with "
+                         f"--schedule-epochs N (the horizon) and --epochs M <= N.")
 
 
 def _loaders(data: Data, cfg: TrainConfig, device, dist_info):
@@ -287,53 +302,55 @@ def fit(cfg: TrainConfig, data: Data | None = None, model: nn.Module | None = No
     epochs_bar = tqdm(range(start_epoch, cfg.epochs), desc=f"{cfg.model} ({cfg.dropout})",
                       initial=start_epoch, total=cfg.epochs, disable=not (cfg.progress and main))
     epoch, step_bar = start_epoch, None
-    try:
-        for epoch in epochs_bar:
-            t0 = time.perf_counter()
-            step_bar = tqdm(total=len(train_loader), initial=position["step"], leave=False,
-                            desc=f"epoch {epoch + 1}", disable=not (cfg.progress and main))
-            train_one_epoch(net, train_loader, optimizer, scheduler, epoch=epoch, cfg=cfg, device=device,
-                            rank=dist_info.rank, position=position, bar=step_bar)
-            step_bar.close()
-            train_seconds = time.perf_counter() - t0
-            loss_sum, correct, count = distributed.all_reduce_sum(position["sums"].clone()).tolist()
-            if dist_info.world_size > 1:
-                # Fix: DDP syncs BatchNorm running stats from rank 0 only at the start of each
-                # forward, so after the last step every rank holds its own. Evaluate every shard
-                # with rank 0's (the ones last.pt saves), or the all-reduced val metrics mix models.
-                for buf in model.buffers():
-                    torch.distributed.broadcast(buf, src=0)
-            val = evaluate(model, val_loader, device, amp=cfg.amp)
-            row = dict(epoch=epoch + 1, train_loss=loss_sum / count, train_acc=100 * correct / count,
-                       val_loss=val["loss"], val_acc=val["top1"], val_top5=val["top5"],
-                       lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - t0,
-                       train_seconds=train_seconds)
-            if on_epoch_end is not None:
-                on_epoch_end(row, model)
-            history.append(row)
-            epochs_bar.set_postfix(val_acc=f"{row['val_acc']:.2f}%", train_loss=f"{row['train_loss']:.3f}")
-            if row["val_acc"] > best:
-                best = row["val_acc"]
-                checkpoint(epoch + 1, 0, None, "best.pt")
-            checkpoint(epoch + 1, 0, None)
-            if main and out is not None:
-                write_history_csv(history, out / "history.csv")
-            position = {"step": 0, "sums": None}
-    except KeyboardInterrupt:
-        # Exact at step boundaries: `position` is advanced only after a step's update is complete.
-        if main:
-            print(f"\ninterrupted in epoch {epoch + 1} at step {position['step']}: "
-                  f"{'saved ' + str(out / 'last.pt') if out else 'nothing saved (no --out)'}")
-        if len(history) > epoch:  # the epoch had finished: its checkpoint is the boundary
-            checkpoint(epoch + 1, 0, None)
-        else:
-            sums = position["sums"].cpu() if position.get("sums") is not None else None
-            checkpoint(epoch, position["step"], sums)
-    except NonFiniteLossError as err:
-        err.history = history  # the epochs that did finish, for the caller's report
-        raise
-    finally:
-        epochs_bar.close()
+    with StepBoundaryInterrupt() as interrupt:
+        try:
+            for epoch in epochs_bar:
+                t0 = time.perf_counter()
+                step_bar = tqdm(total=len(train_loader), initial=position["step"], leave=False,
+                                desc=f"epoch {epoch + 1}", disable=not (cfg.progress and main))
+                train_one_epoch(net, train_loader, optimizer, scheduler, epoch=epoch, cfg=cfg, device=device,
+                                rank=dist_info.rank, position=position, bar=step_bar, interrupt=interrupt)
+                step_bar.close()
+                train_seconds = time.perf_counter() - t0
+                loss_sum, correct, count = distributed.all_reduce_sum(position["sums"].clone()).tolist()
+                if dist_info.world_size > 1:
+                    # Fix: DDP syncs BatchNorm running stats from rank 0 only at the start of each
+                    # forward, so after the last step every rank holds its own. Evaluate every shard
+                    # with rank 0's (the ones last.pt saves), or the all-reduced val metrics mix models.
+                    for buf in model.buffers():
+                        torch.distributed.broadcast(buf, src=0)
+                val = evaluate(model, val_loader, device, amp=cfg.amp)
+                row = dict(epoch=epoch + 1, train_loss=loss_sum / count, train_acc=100 * correct / count,
+                           val_loss=val["loss"], val_acc=val["top1"], val_top5=val["top5"],
+                           lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - t0,
+                           train_seconds=train_seconds)
+                if on_epoch_end is not None:
+                    on_epoch_end(row, model)
+                history.append(row)
+                epochs_bar.set_postfix(val_acc=f"{row['val_acc']:.2f}%", train_loss=f"{row['train_loss']:.3f}")
+                if row["val_acc"] > best:
+                    best = row["val_acc"]
+                    checkpoint(epoch + 1, 0, None, "best.pt")
+                checkpoint(epoch + 1, 0, None)
+                if main and out is not None:
+                    write_history_csv(history, out / "history.csv")
+                position = {"step": 0, "sums": None}
+                interrupt.check()  # Ctrl-C during evaluation or saving: stop here, the epoch is saved
+        except KeyboardInterrupt:
+            # Exact at step boundaries: `position` is advanced only after a step's update is complete.
+            if main:
+                print(f"\ninterrupted in epoch {epoch + 1} at step {position['step']}: "
+                      f"{'saved ' + str(out / 'last.pt') if out else 'nothing saved (no --out)'}")
+            if len(history) > epoch:  # the epoch had finished: its checkpoint is the boundary
+                checkpoint(epoch + 1, 0, None)
+            else:
+                sums = position["sums"].cpu() if position.get("sums") is not None else None
+                checkpoint(epoch, position["step"], sums)
+        except NonFiniteLossError as err:
+            err.history = history  # the epochs that did finish, for the caller's report
+            raise
+        finally:
+            epochs_bar.close()
     return history
 
 
@@ -349,6 +366,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=["adam", "sgd"], default=None)
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--label-smoothing", type=float, default=None)
+    p.add_argument("--schedule-epochs", type=int, default=None,
+                   help="cosine horizon in epochs (default: --epochs); lets a run be extended with --resume")
     p.add_argument("--no-augment", dest="augment", action="store_false")
     p.add_argument("--train-per-class", type=int, default=None)
     p.add_argument("--val-per-class", type=int, default=None)
@@ -370,6 +389,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> list[dict]:
     args = get_args_parser().parse_args(argv)
     cfg = TrainConfig(**vars(args))
+    if pick_device(cfg.device).type == "cpu":
+        keep_freed_memory()  # +20-30% images/s on CPU (runtime.py says why and what it costs)
     try:
         history = fit(cfg)
     finally:

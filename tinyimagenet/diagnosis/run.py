@@ -196,7 +196,7 @@ def diagnose_model(cfg: DiagnosisConfig, name: str, data: Data, train: Data, pro
 
 def run_diagnosis(cfg: DiagnosisConfig, data: Data | None = None) -> dict:
     """Diagnose every model in `cfg.models`; returns the report dict (see report.py for its shape)."""
-    from ..train import pick_device
+    from ..runtime import pick_device
 
     device = pick_device(cfg.device)
     if data is None:
