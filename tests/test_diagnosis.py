@@ -94,21 +94,22 @@ def test_val_above_chance_without_learnable_train_labels_is_not_learning():
     assert judge_learning(_evidence(22.0, 4.0, label_signal="pass", n_val=100))[0] == "learning"
 
 
-# Measured (README "Results"): under the seed recipe (Adam 1e-4) BaselineCNN and DeeperWiderCNN fit
-# the batch; CNNWithSEAttention does not within 50 steps (the diagnosis says: lr too low, fits at
-# 1e-3). The heavier models are left out to keep CI within budget on two cores.
-@pytest.mark.parametrize("name", ["BaselineCNN", "DeeperWiderCNN"])
+# Every model, fixed dropout, the seed recipe: pre-flight passes with no cause. On the real subset
+# (README "The quick diagnosis") CNNWithSEAttention, ResidualCNN and BestModel fit the batch only at
+# 10x the seed's lr: a "warn" (slow, not broken), which must not fail the pre-flight.
+@pytest.mark.parametrize("name", ["BaselineCNN", "DeeperWiderCNN", "CNNWithSEAttention", "ResidualCNN", "BestModel"])
 def test_fixed_configuration_passes_preflight(synthetic_root, name):
     cfg = DiagnosisConfig(data_dir=str(synthetic_root), models=[name], preflight_only=True, device="cpu",
                           progress=False, fit_batch=8, fit_steps=50)
     report = run_diagnosis(cfg)
     print(format_report(report))
-    for name, m in report["models"].items():
-        checks = {c["name"]: c["status"] for c in m["checks"]}
-        assert checks["fit_batch"] == "pass", name
-        assert checks["dropout_audit"] == "pass", name
-        assert checks["output_shape"] == "pass", name
-        assert m["passed"] and m["causes"] == [], name
+    m = report["models"][name]
+    checks = {c["name"]: c["status"] for c in m["checks"]}
+    assert checks["fit_batch"] in ("pass", "warn"), name
+    assert checks["dropout_audit"] == "pass", name
+    assert checks["output_shape"] == "pass", name
+    assert checks["vanishing_gradients"] == "pass", name  # zero-init residual branches are by design
+    assert m["passed"] and m["causes"] == [], name
 
 
 def test_legacy_dropout_is_found_on_real_images(real_small_root):

@@ -92,7 +92,8 @@ def preflight(cfg: DiagnosisConfig, name: str, data: Data, device) -> dict:
     torch.manual_seed(cfg.seed)
     model = build_model(name, num_classes=data.num_classes, dropout=cfg.dropout).to(device)
     x, y = fixed_batch(data, cfg.fit_batch, cfg.seed, cfg.normalize, device)
-    checks = init_checks(model, x, y, data.num_classes) + [dropout_audit_check(model)]
+    audit = dropout_audit_check(model)
+    checks = init_checks(model, x, y, data.num_classes) + [audit]
     grad_checks, flow = gradient_check(model, x, y)
     checks += grad_checks
     base = fit_batch(model, x, y, tc, name="base", lr=tc.lr, steps=cfg.fit_steps, num_classes=data.num_classes)
@@ -102,13 +103,32 @@ def preflight(cfg: DiagnosisConfig, name: str, data: Data, device) -> dict:
         if not cfg.normalize:
             fix_inputs = lambda inp: Normalizer(device)(  # noqa: E731 - re-derive uint8, normalize properly
                 (inp * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)).contiguous()
+        # Dropout within the guidelines (the fixed setting) would be kept whatever removing it
+        # showed, so that experiment is skipped: it cost BestModel ~45 s of a 152 s pre-flight.
         interventions = run_interventions(model, x, y, tc, base, steps=cfg.fit_steps, num_classes=data.num_classes,
-                                          has_dropout=bool(audit_dropout(model)), fix_inputs=fix_inputs)
-    status = "pass" if base.fitted else "fail"
-    checks.append(Check("fit_batch", status, f"{cfg.fit_batch} images: {base.describe()}"
-                        + "".join(f"; {r.describe()}" for r in interventions),
-                        {"runs": [base.to_json()] + [r.to_json() for r in interventions]}))
+                                          has_dropout=bool(audit_dropout(model)) and audit.status != "pass",
+                                          fix_inputs=fix_inputs)
+    checks.append(fit_check(cfg, base, interventions, audit))
     return {"model": model, "checks": checks, "base": base, "interventions": interventions, "flow": flow}
+
+
+def fit_check(cfg: DiagnosisConfig, base, interventions, audit: Check) -> Check:
+    """pass: the batch fits; warn: only slow (fits at 10x the lr, dropout within guidelines); fail.
+
+    Measured on the real subset under the seed recipe (Adam 1e-4, 50 steps, 8 images): fixed-dropout
+    CNNWithSEAttention, ResidualCNN and BestModel do not fit at 1e-4 but fit at 1e-3 in 22-42
+    steps, while legacy BaselineCNN (10 real classes) fits at neither lr and fits with dropout
+    removed. The first is a sound model under a slow lr, which the 5-epoch check then judges;
+    only the second is broken.
+    """
+    detail = f"{cfg.fit_batch} images: {base.describe()}" + "".join(f"; {r.describe()}" for r in interventions)
+    data = {"runs": [base.to_json()] + [r.to_json() for r in interventions]}
+    if base.fitted:
+        return Check("fit_batch", "pass", detail, data)
+    slow_only = audit.status == "pass" and any(r.name == "lr_x10" and r.fitted for r in interventions)
+    if slow_only:
+        detail += f"; fits at 10x the lr, so model and data are sound and lr {base.lr:g} is slow"
+    return Check("fit_batch", "warn" if slow_only else "fail", detail, data)
 
 
 def train_with_probe(cfg: DiagnosisConfig, tc: TrainConfig, data: Data, probe: Data, model) -> tuple[list, tuple | None]:

@@ -118,7 +118,8 @@ def judge_learning(ev: Evidence) -> tuple[str, list]:
                                f"the seed expects > {need}%")
     if ev.control and control_gain(ev) >= CONTROL_GAIN:
         reasons.append(describe_control(ev))
-    if not ev.base.fitted:
+    fit = ev.checks.get("fit_batch")
+    if (fit.status == "fail") if fit is not None else not ev.base.fitted:
         reasons.append(f"cannot fit a small fixed batch: {ev.base.describe()}")
     return ("slow" if reasons else "learning"), reasons or [f"val top-1 {ev.val_test.describe()}"]
 
