@@ -2,7 +2,7 @@
 
 Layers, each importing only those below it:
     data, download, cache, synthetic, models_imagenet, best_model_imagenet, registry   (bottom)
-    train (the loop), checkpoint, distributed                                          (middle)
+    runtime, checkpoint, distributed, train (the loop)                                 (middle)
     diagnosis, stats                                                                   (above the loop)
     plotting                                                                           (used from the top)
     quick_diagnosis.py, notebooks/, benchmarks/                                        (faces)
