@@ -95,15 +95,17 @@ def test_loss_decreases_and_beats_chance_on_synthetic(synthetic_root):
 
 
 def test_loss_decreases_on_real_subset(real_small_root):
-    # Real photos are much harder than the synthetic stripes, so a modest bar: after 2 short
-    # epochs (200 images) the loss has fallen and val top-1 on 200 images is above 10% chance
-    # (>= 15% has p ~ 0.015 at chance; this seed reaches ~18%).
-    data = load_data(real_small_root, train_per_class=20, val_per_class=20, progress=False)
-    cfg = TrainConfig(model="BaselineCNN", recipe="seed", lr=1e-3, batch_size=10, epochs=2,
+    # Real photos, 10 classes: 500 train images, 3 epochs of 20 steps, 500 val images. Measured
+    # (seeds 0, 1, 2): train loss 2.32 -> 2.01, 2.31 -> 2.00, 2.34 -> 1.98 and val top-1 23.6%,
+    # 25.0%, 26.2%. The bar, 16%, is p ~ 1e-5 at chance (10%). An earlier 2-epoch, 200-image
+    # version of this test sat at 13.5-18% and flipped with the optimizer's rounding.
+    data = load_data(real_small_root, train_per_class=50, val_per_class=50, progress=False)
+    cfg = TrainConfig(model="BaselineCNN", recipe="seed", lr=1e-3, batch_size=25, epochs=3,
                       device="cpu", progress=False)
     history = fit(cfg, data=data)
-    assert history[-1]["train_loss"] < history[0]["train_loss"], history
-    assert history[-1]["val_acc"] >= 15.0, history
+    losses = [r["train_loss"] for r in history]
+    assert losses[2] < losses[1] < losses[0], history
+    assert history[-1]["val_acc"] >= 16.0, history
 
 
 # --------------------------------------------------------------------------------- resuming
