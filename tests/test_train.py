@@ -130,28 +130,37 @@ def test_resume_at_epoch_boundary_equals_uninterrupted(reference_run, synthetic_
     same_history(ck["history"], ref_history)
 
 
+def before_training_step(monkeypatch, action) -> None:
+    """Models built by train.fit call `action(k)` before the forward of training step k (0-based,
+    counted over the whole run; evaluation batches are not counted)."""
+    real_build, calls = train_mod.build_model, {"n": 0}
+
+    def build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+
+        def hook(module, inputs):
+            if module.training:
+                calls["n"] += 1
+                action(calls["n"] - 1)
+        model.register_forward_pre_hook(hook)
+        return model
+
+    monkeypatch.setattr(train_mod, "build_model", build)
+
+
 @pytest.mark.parametrize("epoch,step", [(0, 2), (1, 3)])
 def test_ctrl_c_mid_epoch_then_resume_equals_uninterrupted(reference_run, synthetic_root, tmp_path,
                                                            monkeypatch, epoch, step):
     """KeyboardInterrupt from the forward of training step `step` (0-based) of epoch `epoch`."""
     _, ref_history, ref_ck = reference_run
-    calls = {"n": 0}
-    real_build = train_mod.build_model
 
-    def build_with_interrupt(*args, **kwargs):
-        model = real_build(*args, **kwargs)
+    def interrupt(k):
+        if k == epoch * 5 + step:  # 5 steps per epoch (40 images, batch 8)
+            raise KeyboardInterrupt
 
-        def hook(module, inputs):
-            if module.training:  # count training steps only, not evaluation batches
-                if calls["n"] == epoch * 5 + step:  # 5 steps per epoch (40 images, batch 8)
-                    raise KeyboardInterrupt
-                calls["n"] += 1
-        model.register_forward_pre_hook(hook)
-        return model
-
-    monkeypatch.setattr(train_mod, "build_model", build_with_interrupt)
-    history = main(run_args(synthetic_root, tmp_path, "--epochs", "2"))
-    monkeypatch.setattr(train_mod, "build_model", real_build)
+    with monkeypatch.context() as patch:
+        before_training_step(patch, interrupt)
+        history = main(run_args(synthetic_root, tmp_path, "--epochs", "2"))
     same_history(history, ref_history[:epoch])  # the epochs that finished, nothing more
     ck = torch.load(tmp_path / "last.pt", weights_only=True)
     assert (ck["epoch"], ck["step"]) == (epoch, step)
@@ -169,24 +178,15 @@ def test_sigint_inside_a_step_stops_after_that_step(reference_run, synthetic_roo
     """A real SIGINT (Ctrl-C, or Jupyter's interrupt) delivered during step `step`'s forward pass:
     the step completes (weights, optimizer and position agree), then the run stops and saves."""
     _, ref_history, ref_ck = reference_run
-    calls = {"n": 0}
-    real_build = train_mod.build_model
 
-    def build_with_sigint(*args, **kwargs):
-        model = real_build(*args, **kwargs)
+    def sigint(k):
+        if k == step:
+            os.kill(os.getpid(), signal.SIGINT)
 
-        def hook(module, inputs):
-            if module.training:
-                if calls["n"] == step:
-                    os.kill(os.getpid(), signal.SIGINT)
-                calls["n"] += 1
-        model.register_forward_pre_hook(hook)
-        return model
-
-    monkeypatch.setattr(train_mod, "build_model", build_with_sigint)
     handler_before = signal.getsignal(signal.SIGINT)
-    history = main(run_args(synthetic_root, tmp_path, "--epochs", "2"))
-    monkeypatch.setattr(train_mod, "build_model", real_build)
+    with monkeypatch.context() as patch:
+        before_training_step(patch, sigint)
+        history = main(run_args(synthetic_root, tmp_path, "--epochs", "2"))
     assert history == []
     ck = torch.load(tmp_path / "last.pt", weights_only=True)
     assert (ck["epoch"], ck["step"]) == (0, step + 1)  # the interrupted step was finished, not lost
