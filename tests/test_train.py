@@ -422,6 +422,15 @@ def test_cli_rejects_unknown_choices(flag, value, capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
+def test_strong_recipe_lr_per_model():
+    # Measured (README "Recipes"): BN-free BaselineCNN/DeeperWiderCNN diverge at 0.1, fit at 0.01.
+    assert TrainConfig(model="BaselineCNN", recipe="strong").resolved().lr == 0.01
+    assert TrainConfig(model="DeeperWiderCNN", recipe="strong").resolved().lr == 0.01
+    assert TrainConfig(model="ResidualCNN", recipe="strong").resolved().lr == 0.1
+    assert TrainConfig(model="BaselineCNN", recipe="strong", lr=0.05).resolved().lr == 0.05  # --lr wins
+    assert TrainConfig(model="BaselineCNN", recipe="seed").resolved().lr == 1e-4
+
+
 @pytest.mark.parametrize("field,value", [("lr", -1.0), ("epochs", 0), ("batch_size", 0),
                                          ("optimizer", "lion"), ("recipe", "turbo"),
                                          ("model", "NoSuchNet")])
