@@ -3,6 +3,7 @@
 A checkpoint is a plain dict (model/optimizer/scheduler state dicts, the config as a dict, the
 history so far, the position in training) of tensors and Python primitives only, so it loads with
 `torch.load(path, weights_only=True)` and rebuilds the run on its own (`config` says how).
+`check_same_run` refuses a --resume whose options would make a different run.
 """
 from __future__ import annotations
 
@@ -66,3 +67,24 @@ def read_history_csv(path: str | os.PathLike) -> list[dict]:
 
 def write_json(obj, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+
+
+# Config fields a resumed run may change; any other difference would silently make a different run.
+RESUMABLE_CHANGES = {"epochs", "resume", "progress", "out", "device", "compile", "data_dir", "archive"}
+
+
+def check_same_run(saved: dict, now: dict, path) -> None:
+    """Refuse to resume `path` (saved config dict) under a config (`now`) that makes another run."""
+    diff = {k: (saved.get(k), v) for k, v in now.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v}
+    if diff:
+        changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"--resume: {path} was written by a different configuration ({changes}). "
+                         "Use another --out, or the same options.")
+    # --epochs may change on resume, but a cosine schedule's horizon is --epochs unless
+    # --schedule-epochs pins it: the continued run would follow a schedule no single run follows.
+    saved_horizon = saved.get("schedule_epochs") or saved.get("epochs")
+    if now.get("schedule") == "cosine" and (now.get("schedule_epochs") or now.get("epochs")) != saved_horizon:
+        raise ValueError(f"--resume: {path} follows a cosine schedule over {saved_horizon} epochs; "
+                         f"resuming with --epochs {now.get('epochs')} would change it mid-run. Resume with "
+                         f"--epochs {saved_horizon}, or start runs you mean to extend with "
+                         f"--schedule-epochs N (the horizon) and --epochs M <= N.")

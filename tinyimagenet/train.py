@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import distributed
-from .checkpoint import load_checkpoint, save_checkpoint, write_history_csv, write_json
+from .checkpoint import check_same_run, load_checkpoint, save_checkpoint, write_history_csv, write_json
 from .data import require_labels
 from .loaders import BatchLoader, Data, load_data
 from .registry import MODELS, build_model
@@ -223,27 +223,6 @@ def evaluate(model, loader, device: torch.device | str = "cpu", amp: bool = Fals
     loss, top1, top5, n = distributed.all_reduce_sum(sums).tolist()
     return {"loss": loss / n, "top1": 100 * top1 / n, "top5": 100 * top5 / n, "n": int(n)}
 # ----------------------------------------------------------------------------------- the run
-# Fields a resumed run may change; any other difference would silently make a different run.
-RESUMABLE_CHANGES = {"epochs", "resume", "progress", "out", "device", "compile", "data_dir", "archive"}
-
-
-def _check_same_run(saved: dict, cfg: TrainConfig, path) -> None:
-    now = dataclasses.asdict(cfg)
-    diff = {k: (saved.get(k), v) for k, v in now.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v}
-    if diff:
-        changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-        raise ValueError(f"--resume: {path} was written by a different configuration ({changes}). "
-                         "Use another --out, or the same options.")
-    # --epochs may change on resume, but a cosine schedule's horizon is --epochs unless
-    # --schedule-epochs pins it: the continued run would follow a schedule no single run follows.
-    saved_horizon = saved.get("schedule_epochs") or saved.get("epochs")
-    if cfg.schedule == "cosine" and (cfg.schedule_epochs or cfg.epochs) != saved_horizon:
-        raise ValueError(f"--resume: {path} follows a cosine schedule over {saved_horizon} epochs; "
-                         f"resuming with --epochs {cfg.epochs} would change it mid-run. Resume with "
-                         f"--epochs {saved_horizon}, or start runs you mean to extend with "
-                         f"--schedule-epochs N (the horizon) and --epochs M <= N.")
-
-
 def _loaders(data: Data, cfg: TrainConfig, device, dist_info):
     per_rank = max(1, cfg.batch_size // dist_info.world_size)
     common = dict(device=device, seed=cfg.seed, normalize=cfg.normalize, rank=dist_info.rank,
@@ -282,7 +261,7 @@ def fit(cfg: TrainConfig, data: Data | None = None, model: nn.Module | None = No
     history, start_epoch, position, best = [], 0, {"step": 0, "sums": None}, -1.0
     if cfg.resume and out is not None and (out / "last.pt").is_file():
         ck = load_checkpoint(out / "last.pt", map_location=device)
-        _check_same_run(ck["config"], cfg, out / "last.pt")
+        check_same_run(ck["config"], dataclasses.asdict(cfg), out / "last.pt")
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
