@@ -377,16 +377,18 @@ def main(argv=None) -> list[dict]:
     cfg = TrainConfig(**vars(args))
     if pick_device(cfg.device).type == "cpu":
         keep_freed_memory()  # +20-30% images/s on CPU (runtime.py says why and what it costs)
+    # Fix: distributed.Dist() is a default (rank 0) value, so every rank printed; ask torchrun's RANK.
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+
+    def log_epoch(row, _model):  # one line per epoch that stays in the log (bars keep only the last)
+        if rank0:
+            tqdm.write(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, val top-1 {row['val_acc']:.2f}%, "
+                       f"top-5 {row['val_top5']:.2f}%, {row['seconds']:.0f} s  ->  {cfg.out}/history.csv")
+            sys.stdout.flush()  # a log file (nohup, torchrun) sees each epoch as it ends
     try:
-        history = fit(cfg)
+        return fit(cfg, on_epoch_end=log_epoch)
     finally:
         distributed.cleanup()
-    # Fix: distributed.Dist() is a default (rank 0) value, so every rank printed; ask torchrun's RANK.
-    if history and int(os.environ.get("RANK", "0")) == 0:
-        last = history[-1]
-        print(f"epoch {last['epoch']}: train loss {last['train_loss']:.4f}, val top-1 {last['val_acc']:.2f}%, "
-              f"top-5 {last['val_top5']:.2f}%  ->  {cfg.out}/history.csv")
-    return history
 
 
 if __name__ == "__main__":
