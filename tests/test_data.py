@@ -7,7 +7,10 @@ the sorted-wnid label order, val labels taken from val_annotations.txt (not the 
 "every val image is class 0" trap), grayscale JPEGs loading as RGB, the unlabelled test split,
 the decoded cache being pixel-exact, reused, rebuilt on change and never half-written, the
 MEAN/STD constants, and download/extraction from a local archive (path, file:// URL, md5
-mismatch). Broken copies of synthetic data check that each bad input names the offending path.
+mismatch). The val folder in each accepted layout (official `val/images`; rearranged into
+`val/<wnid>/images` with the annotation file, agreeing or not; rearranged without it) and the
+download policy of `load_data` (only into the default location, or when asked). Broken copies of
+synthetic data check that each bad input names the offending path.
 The batched GPU-style loader is checked against per-image torchvision references.
 
 Run:  PYTHONPATH=. pytest -q tests/test_data.py   (CPU, about a minute on 2 cores; the real-data
@@ -18,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -32,7 +36,7 @@ from tinyimagenet import cache, download
 from tinyimagenet.cache import cached_images, load_split
 from tinyimagenet.data import (FOLDER_NAME, MEAN, STD, DatasetError, TinyImageNet, find_root,
                                per_class_indices, require_labels)
-from tinyimagenet.loaders import BatchLoader, Normalizer, crop_flip
+from tinyimagenet.loaders import BatchLoader, Normalizer, crop_flip, load_data
 from tinyimagenet.synthetic import make_subset_copy
 
 
@@ -233,13 +237,124 @@ def _unknown_wnid(root):
     return "val", [str(path), parts[0], "n99999999"]
 
 
-@pytest.mark.parametrize("breaker", [_no_wnids, _no_annotations, _no_class_folder, _unknown_wnid])
+def _no_val_images(root):
+    shutil.rmtree(root / "val" / "images")
+    return "val", [str(root / "val"), "<wnid>/images", "Re-extract"]
+
+
+def _half_rearranged_without_annotations(root):
+    # An interrupted rearrangement: some images moved to their class folder, the rest unlabelled.
+    val = root / "val"
+    name, wnid = (val / "val_annotations.txt").read_text().split("\t")[:2]
+    (val / wnid / "images").mkdir(parents=True)
+    shutil.move(val / "images" / name, val / wnid / "images" / name)
+    (val / "val_annotations.txt").unlink()
+    return "val", [str(val / "val_annotations.txt"), "missing", str(val / "images"), "no label"]
+
+
+def _unknown_val_class_folder(root):
+    folder = root / "val" / "n99999999" / "images"
+    folder.mkdir(parents=True)
+    shutil.copy2(root / "val" / "images" / "val_0.JPEG", folder / "val_1000.JPEG")
+    return "val", [str(folder.parent), "wnids.txt"]
+
+
+def _val_image_twice(root):
+    wnid = (root / "val" / "val_annotations.txt").read_text().split("\t")[1]
+    (root / "val" / wnid / "images").mkdir(parents=True)
+    shutil.copy2(root / "val" / "images" / "val_0.JPEG", root / "val" / wnid / "images")
+    return "val", ["val_0.JPEG", str(root / "val" / "images"), str(root / "val" / wnid / "images")]
+
+
+@pytest.mark.parametrize("breaker", [_no_wnids, _no_annotations, _no_class_folder, _unknown_wnid,
+                                     _no_val_images, _half_rearranged_without_annotations,
+                                     _unknown_val_class_folder, _val_image_twice])
 def test_broken_copy_gives_a_clear_error(syn_copy, breaker):
     split, needles = breaker(syn_copy)
     with pytest.raises(DatasetError) as err:
         TinyImageNet(syn_copy, split)
     for needle in needles:
         assert needle in str(err.value), (needle, str(err.value))
+
+
+# ------------------------------------------------------------------------------- val layouts
+def _rearrange_val(root: Path) -> None:
+    """What the PyPI package `tinyimagenet` does to val: every image moved to val/<wnid>/images/,
+    a <wnid>_boxes.txt per class, val/images removed, val_annotations.txt kept."""
+    val, boxes = root / "val", {}
+    for line in (val / "val_annotations.txt").read_text().splitlines():
+        name, wnid, *box = line.split("\t")
+        (val / wnid / "images").mkdir(parents=True, exist_ok=True)
+        shutil.move(val / "images" / name, val / wnid / "images" / name)
+        boxes.setdefault(wnid, []).append("\t".join([name, *box]) + "\n")
+    for wnid, lines in boxes.items():
+        (val / wnid / f"{wnid}_boxes.txt").write_text("".join(lines))
+    (val / "images").rmdir()
+
+
+@pytest.fixture
+def val_copy(real_small_root, tmp_path) -> Path:
+    """A private copy of what a val load reads (wnids.txt, val/) from the 10-class real cut."""
+    root = tmp_path / FOLDER_NAME
+    shutil.copytree(real_small_root / "val", root / "val")
+    shutil.copy2(real_small_root / "wnids.txt", root / "wnids.txt")
+    return root
+
+
+@pytest.mark.parametrize("layout", ["official", "rearranged", "rearranged_no_annotations"])
+def test_val_layouts_give_the_same_samples_and_labels(val_copy, real_small_root, layout, tmp_path):
+    # The truth, parsed here from the official copy's file and put in val_<k> order.
+    rows = [line.split("\t")[:2] for line in
+            (real_small_root / "val" / "val_annotations.txt").read_text().splitlines()]
+    truth = sorted(map(tuple, rows), key=lambda r: int(r[0][len("val_"):-len(".JPEG")]))
+    assert len(truth) == 500 and len({w for _, w in truth}) == 10
+    if layout != "official":
+        _rearrange_val(val_copy)
+    annotations = val_copy / "val" / "val_annotations.txt"
+    if layout == "rearranged_no_annotations":
+        annotations.unlink()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # Python's own setting: a repeated warning shows once
+        val = TinyImageNet(val_copy, "val")
+        again = TinyImageNet(val_copy, "val", per_class=2)
+        images, targets, _ = load_split(val_copy, "val", cache_dir=tmp_path / "cache", progress=False)
+    assert [(Path(p).name, val.classes[t]) for p, t in val.samples] == truth
+    # Same order as the official layout, so Data.val_files and the cache line up with it.
+    assert again.samples == [val.samples[i] for i in per_class_indices(val.targets, 2)]
+    folders = {Path(p).parent.relative_to(val_copy / "val") for p, _ in val.samples}
+    if layout == "official":
+        assert folders == {Path("images")}
+    else:
+        assert folders == {Path(w) / "images" for _, w in truth}
+    notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    if layout == "rearranged_no_annotations":  # said once for three loads, naming the absent file
+        assert len(notes) == 1 and str(annotations) in notes[0] and "folder names" in notes[0]
+    else:
+        assert notes == []
+    official = TinyImageNet(real_small_root, "val")
+    assert targets.tolist() == official.targets
+    for i in (0, 123, 499):  # the same pixels as the official copy's file of that name
+        assert np.array_equal(images[i].numpy(), _pil_rgb(official.samples[i][0]))
+
+
+def test_rearranged_val_disagreeing_with_annotations_is_refused(val_copy):
+    _rearrange_val(val_copy)
+    val = val_copy / "val"
+    wnids = sorted(d.name for d in val.iterdir() if d.is_dir())
+    moved = sorted((val / wnids[0] / "images").iterdir())[:3]  # filed under the wrong class
+    for path in moved:
+        shutil.move(path, val / wnids[1] / "images" / path.name)
+    stray = val / wnids[2] / "images" / "val_9999.JPEG"  # an image the file does not list
+    shutil.copy2(val / wnids[1] / "images" / moved[0].name, stray)
+    with pytest.raises(DatasetError) as err:
+        TinyImageNet(val_copy, "val")
+    msg = str(err.value)
+    assert str(val / "val_annotations.txt") in msg and "disagree on 4 of 501 images" in msg, msg
+    for path in moved:
+        assert f"{val / wnids[1] / 'images' / path.name} (annotated {wnids[0]})" in msg, msg
+    stray.unlink()  # the fourth disagreement gone: still refused, now 3 of 500
+    with pytest.raises(DatasetError, match="disagree on 3 of 500 images"):
+        TinyImageNet(val_copy, "val")
 
 
 # --------------------------------------------------------------------------------- download
@@ -279,6 +394,35 @@ def test_md5_mismatch_keeps_nothing(subset_zip, tmp_path):
         download.download_and_extract(dest, archive=str(subset_zip), md5=download.MD5)
     assert download.MD5 in str(err.value) and got in str(err.value)
     assert _files(dest) == []  # no tiny-imagenet-200, no temporaries
+
+
+def test_load_data_explicit_dir_without_data_is_an_error_not_a_download(tmp_path, monkeypatch):
+    monkeypatch.setattr(download, "_fetch", lambda url, dest: pytest.fail(f"downloaded {url}"))
+    missing = tmp_path / "typo"
+    with pytest.raises(DatasetError) as err:
+        load_data(missing, progress=False)
+    for needle in (str(missing), "--download", "--archive"):
+        assert needle in str(err.value), (needle, str(err.value))
+    assert not missing.exists()
+
+
+def test_load_data_downloads_into_default_location_or_when_asked(small_zip, tmp_path, monkeypatch):
+    fetched = []
+
+    def fetch(url, dest):  # the network, played by the small archive (its md5 made "official")
+        fetched.append(url)
+        shutil.copyfile(small_zip, dest)
+
+    monkeypatch.setattr(download, "_fetch", fetch)
+    monkeypatch.setattr(download, "MD5", hashlib.md5(small_zip.read_bytes()).hexdigest())
+    monkeypatch.setenv("TINYIMAGENET_ROOT", str(tmp_path / "default"))
+    data = load_data(progress=False)  # no data_dir: the default location, fetched without asking
+    assert fetched == [download.URL] and Path(data.root) == tmp_path / "default" / FOLDER_NAME
+    data = load_data(tmp_path / "asked", download=True, progress=False)
+    assert len(fetched) == 2 and Path(data.root) == tmp_path / "asked" / FOLDER_NAME
+    assert len(data.val_targets) == 100
+    data = load_data(tmp_path / "local", archive=str(small_zip), progress=False)  # extracts, no fetch
+    assert len(fetched) == 2 and Path(data.root) == tmp_path / "local" / FOLDER_NAME
 
 
 # -------------------------------------------------------------------------------- synthetic

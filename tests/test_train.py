@@ -437,3 +437,128 @@ def test_strong_recipe_lr_per_model():
 def test_config_validation(field, value):
     with pytest.raises(ValueError):
         TrainConfig(**{field: value}).resolved()
+
+
+# ------------------------------------------------------------- one device, and host syncs
+# CPU tests cannot see a CUDA placement bug, so the decision is kept in one place they can check:
+# TrainConfig.resolved() (runtime.pick_device), read by everything else. tests/test_cuda.py runs
+# the same paths on a GPU.
+def test_pick_device_decides_an_indexed_device_once(monkeypatch):
+    from tinyimagenet.runtime import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a pretend 2-GPU machine
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert pick_device("auto") == pick_device("cuda") == torch.device("cuda", 0)
+    assert pick_device(pick_device("cuda:1")) == torch.device("cuda", 1)  # idempotent
+    monkeypatch.setenv("LOCAL_RANK", "1")  # torchrun: each process takes its own GPU
+    cfg = TrainConfig(device="auto").resolved()
+    assert (cfg.device, cfg.sync_every) == ("cuda:1", 20)
+    assert cfg.resolved() == cfg
+    with pytest.raises(ValueError, match="has 2 CUDA device"):
+        pick_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        pick_device("cuda")
+    assert TrainConfig(device="auto").resolved().device == "cpu"
+
+
+def test_fit_gives_its_one_device_to_model_loaders_and_optimizer(synthetic_root, monkeypatch, tmp_path):
+    """A model built elsewhere (as the diagnosis's control run does), device "auto": decided once,
+    and every loader, the optimizer's parameters and the model `on_epoch_end` sees are there."""
+    import tinyimagenet.runtime as runtime
+
+    decisions, loaders, optimized = [], [], []
+    real_pick, real_opt = runtime.pick_device, train_mod.make_optimizer
+
+    def pick(name):
+        decisions.append(str(name))
+        return real_pick(name)
+
+    class Recording(BatchLoader):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            loaders.append(self.device)
+
+    def make_optimizer(model, cfg):
+        opt = real_opt(model, cfg)
+        optimized.extend(p.device for g in opt.param_groups for p in g["params"])
+        return opt
+
+    monkeypatch.setattr(train_mod, "pick_device", pick)
+    monkeypatch.setattr(train_mod, "BatchLoader", Recording)
+    monkeypatch.setattr(train_mod, "make_optimizer", make_optimizer)
+    seen = []
+    data = load_data(synthetic_root, train_per_class=2, val_per_class=1, progress=False)
+    cfg = TrainConfig(recipe="seed", batch_size=10, epochs=1, device="auto", progress=False, out=str(tmp_path))
+    fit(cfg, data=data, model=build_model("BaselineCNN", num_classes=10),
+        on_epoch_end=lambda row, model: seen.extend(p.device for p in model.parameters()))
+    assert decisions[0] == "auto" and set(decisions[1:]) <= {"cpu"}  # then only re-reads of the answer
+    one = torch.device("cpu")
+    assert loaders == [one, one] and set(optimized) == {one} and set(seen) == {one}
+    assert load_checkpoint(tmp_path / "last.pt")["config"]["device"] == "cpu"
+
+
+def test_a_model_off_the_run_device_is_a_clear_error():
+    """The bug class of issue 12 (a model read or used before it was placed), made loud: the
+    "meta" device stands in for a GPU the model never reached."""
+    loader = BatchLoader(torch.zeros(4, 64, 64, 3, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64), 2,
+                         train=False)
+    model = build_model("BaselineCNN", num_classes=10).to("meta")
+    with pytest.raises(ValueError, match="model is on meta but its data is on cpu"):
+        evaluate(model, loader)
+    with pytest.raises(ValueError, match="parameters are on meta.*device is cpu"):
+        train_mod.make_optimizer(model, TrainConfig(device="cpu").resolved())
+
+
+def test_the_loop_reads_the_host_only_at_its_sync_points(synthetic_root, monkeypatch):
+    """The CPU stand-in for torch.cuda.set_sync_debug_mode("error") (tests/test_cuda.py): any
+    .item()/.tolist()/bool()/float() of a tensor, or torch.tensor(), inside an epoch but outside
+    the marked sync points fails; those run once at the start and every `sync_every` steps
+    (5 steps, every 2: 3 + 1)."""
+    import contextlib
+
+    from tinyimagenet import loop
+
+    inside, entries, real_allowed = {"n": 0}, [], loop.host_sync_allowed
+
+    @contextlib.contextmanager
+    def allowed(device):
+        entries.append(device)
+        inside["n"] += 1
+        try:
+            with real_allowed(device):
+                yield
+        finally:
+            inside["n"] -= 1
+
+    def guard(name):
+        real = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            assert inside["n"], f"Tensor.{name}() in the training loop outside a sync point"
+            return real(self, *args, **kwargs)
+        return read
+
+    data = load_data(synthetic_root, train_per_class=4, val_per_class=1, progress=False)
+    cfg = TrainConfig(recipe="strong", batch_size=8, epochs=1, device="cpu", sync_every=2,
+                      progress=False).resolved()
+    torch.manual_seed(0)
+    model = build_model("BaselineCNN", num_classes=10)
+    opt = train_mod.make_optimizer(model, cfg)
+    sched = train_mod.make_scheduler(opt, cfg, 5)
+    loader = BatchLoader(data.train_images, data.train_targets, 8, train=True)
+    monkeypatch.setattr(loop, "host_sync_allowed", allowed)
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, guard(name))
+    real_tensor = torch.tensor
+
+    def tensor(*args, **kwargs):  # on a GPU, a new tensor from host data is a copy that waits
+        assert inside["n"], "torch.tensor() in the training loop outside a sync point"
+        return real_tensor(*args, **kwargs)
+    monkeypatch.setattr(torch, "tensor", tensor)
+    pos = loop.train_one_epoch(model, loader, opt, sched, epoch=0, cfg=cfg)
+    monkeypatch.undo()
+    assert pos["step"] == 5 and pos["sums"][2].item() == 40
+    assert len(entries) == 1 + 3

@@ -1,7 +1,8 @@
 """Atomic checkpoint and history files: a crash or kill -9 mid-write never corrupts what was there.
 
 A checkpoint is a plain dict (model/optimizer/scheduler state dicts, the config as a dict, the
-history so far, the position in training) of tensors and Python primitives only, so it loads with
+history so far, the position in training and, mid-epoch, dropout's RNG state as CPU byte tensors,
+see runtime.rng_state) of tensors and Python primitives only, so it loads with
 `torch.load(path, weights_only=True)` and rebuilds the run on its own (`config` says how).
 `check_same_run` refuses a --resume whose options would make a different run.
 """
@@ -70,7 +71,10 @@ def write_json(obj, path: str | os.PathLike) -> None:
 
 
 # Config fields a resumed run may change; any other difference would silently make a different run.
-RESUMABLE_CHANGES = {"epochs", "resume", "progress", "out", "device", "compile", "data_dir", "archive"}
+# sync_every only says how often the host checks the loss, download where missing data may come
+# from: the weights depend on neither (and checkpoints older than either field lack it).
+RESUMABLE_CHANGES = {"epochs", "resume", "progress", "out", "device", "compile", "data_dir", "archive",
+                     "download", "sync_every"}
 
 
 def check_same_run(saved: dict, now: dict, path) -> None:

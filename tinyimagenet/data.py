@@ -8,8 +8,11 @@
 The traps this file exists to get right (see ../shared/data/README.md):
 - label indices are positions in the *sorted* wnids (ImageFolder's order) for train and val alike;
   `wnids.txt` itself is not sorted;
-- val labels come only from `val/val_annotations.txt`; all val images sit in one folder, so
-  treating `val/` as an ImageFolder silently gives every image the same label (0.5% accuracy);
+- val labels come from `val/val_annotations.txt`; all val images sit in one folder, so
+  treating `val/` as an ImageFolder silently gives every image the same label (0.5% accuracy).
+  A val folder that another tool rearranged into `val/<wnid>/images/` (what the PyPI package
+  `tinyimagenet` leaves behind) is read too: its folder names are cross-checked against the
+  annotation file when it is there, and are the labels (with a warning) when it is not;
 - the test split has no labels: it yields target -1 and `require_labels` refuses to score it;
 - about 1.8% of the JPEGs are grayscale: every image is converted to RGB.
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -57,10 +61,10 @@ def find_root(root: str | os.PathLike | None) -> Path:
         if (candidate / "wnids.txt").is_file() or (candidate / "train").is_dir():
             return candidate
     raise DatasetError(
-        f"No Tiny ImageNet at {root}: expected {root / FOLDER_NAME}/wnids.txt. Download it with "
-        f"TinyImageNet(root, download=True) or `python quick_diagnosis.py --data-dir {root}` "
-        f"(add --archive PATH for a local tiny-imagenet-200.zip), or point --data-dir / "
-        f"${ENV_ROOT} at an extracted copy."
+        f"No Tiny ImageNet at {root}: expected {root / FOLDER_NAME}/wnids.txt. Pass --download "
+        f"(download=True) to fetch the official archive into it, or --archive PATH (archive=PATH) "
+        f"to extract a local tiny-imagenet-200.zip there, or point --data-dir / ${ENV_ROOT} at an "
+        f"extracted copy."
     )
 
 
@@ -95,8 +99,8 @@ def read_val_annotations(root: Path) -> list[tuple[str, str]]:
     """(file name, wnid) for every line of `val/val_annotations.txt`, in file order."""
     path = root / "val" / "val_annotations.txt"
     if not path.is_file():
-        raise DatasetError(f"{path} is missing: it is the only source of val labels (never the "
-                           "folder layout). Re-extract the archive.")
+        raise DatasetError(f"{path} is missing: it is the official source of val labels. "
+                           "Re-extract the archive.")
     rows = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -106,6 +110,81 @@ def read_val_annotations(root: Path) -> list[tuple[str, str]]:
             raise DatasetError(f"{path}:{number}: expected 'file<TAB>wnid<TAB>box', got {line!r}.")
         rows.append((parts[0], parts[1]))
     return rows
+
+
+def _locate_val_images(root: Path, class_to_idx: dict[str, int]) -> dict[str, tuple[Path, str | None]]:
+    """file name -> (path, wnid of its class folder or None) for every val image.
+
+    Two layouts, mixed too (a rearrangement interrupted half-way): `val/images/` (the official
+    archive; the folder says nothing about the label) and `val/<wnid>/images/` (what the PyPI
+    package `tinyimagenet` and similar scripts leave behind; the folder is a claimed label).
+    """
+    val = root / "val"
+    sources = [(val / "images", None)] if (val / "images").is_dir() else []
+    if val.is_dir():
+        sources += [(d / "images", d.name) for d in sorted(val.iterdir())
+                    if d.name != "images" and not d.name.startswith(".") and (d / "images").is_dir()]
+    if not sources:
+        raise DatasetError(f"{val} holds no val images: expected {val / 'images'}/*.JPEG (the official "
+                           f"archive) or {val}/<wnid>/images/*.JPEG (as the `tinyimagenet` PyPI package "
+                           "leaves it). Re-extract the archive.")
+    located: dict[str, tuple[Path, str | None]] = {}
+    for folder, wnid in sources:
+        if wnid is not None and wnid not in class_to_idx:
+            raise DatasetError(f"{folder.parent} is not a class of {root / 'wnids.txt'} ({wnid} is "
+                               "not listed there): remove it or re-extract the archive.")
+        for name in _list_images(folder):
+            if name in located:  # two copies: which label holds is anyone's guess
+                raise DatasetError(f"{name} is in both {located[name][0].parent} and {folder}: "
+                                   "delete one copy or re-extract the archive.")
+            located[name] = (folder / name, wnid)
+    return located
+
+
+def read_val_samples(root: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
+    """(path, label) of every val image, ordered by file name (val_0, val_1, ...) whatever the layout.
+
+    Labels come from `val/val_annotations.txt`. In a folder rearranged into `val/<wnid>/images/`
+    each image's folder must agree with the file (any disagreement is an error: one of the two is
+    wrong and nothing here can tell which); without the file the folder names are the labels, and
+    a warning says so. The order, and so `samples`, is the same for both layouts.
+    """
+    val = root / "val"
+    located = _locate_val_images(root, class_to_idx)
+    in_folders = [name for name, (_, wnid) in located.items() if wnid is not None]
+    ann_path = val / "val_annotations.txt"
+    if ann_path.is_file():
+        samples, annotated, disagree = [], {}, []
+        for name, wnid in read_val_annotations(root):
+            if wnid not in class_to_idx:
+                raise DatasetError(f"{ann_path}: {name} has wnid {wnid}, which is not in wnids.txt.")
+            if name in annotated:
+                raise DatasetError(f"{ann_path} lists {name} twice; re-extract the archive.")
+            if name not in located:
+                looked = f"{val / 'images'}" + (f" or {val}/<wnid>/images" if in_folders else "")
+                raise DatasetError(f"{ann_path} lists {name}, which is not in {looked}. Re-extract "
+                                   "the archive.")
+            annotated[name] = wnid
+            path, folder_wnid = located[name]
+            if folder_wnid is not None and folder_wnid != wnid:
+                disagree.append(f"{path} (annotated {wnid})")
+            samples.append((str(path), class_to_idx[wnid]))
+        disagree += [f"{located[n][0]} (not listed)" for n in in_folders if n not in annotated]
+        if disagree:
+            raise DatasetError(
+                f"{ann_path} and the class folders {val}/<wnid>/images disagree on {len(disagree)} of "
+                f"{len(in_folders)} images, e.g. {'; '.join(disagree[:3])}. One of them is wrong; "
+                "re-extract the archive for a copy whose val labels can be trusted.")
+    else:
+        unlabelled = [name for name, (_, wnid) in located.items() if wnid is None]
+        if unlabelled or not in_folders:
+            raise DatasetError(f"{ann_path} is missing, and without it the {len(unlabelled)} images "
+                               f"in {val / 'images'} have no label. Re-extract the archive.")
+        # Said once per folder and process (Python's default warning filter), not per split load.
+        warnings.warn(f"{ann_path} is absent: val labels are taken from the folder names "
+                      f"({val}/<wnid>/images/), which nothing can cross-check.")
+        samples = [(str(path), class_to_idx[wnid]) for path, wnid in located.values()]
+    return sorted(samples, key=lambda s: _natural_key(os.path.basename(s[0])))
 
 
 def _list_images(folder: Path) -> list[str]:
@@ -201,21 +280,12 @@ class TinyImageNet(VisionDataset):
                                        f"{root / 'wnids.txt'}). Re-extract the archive.")
                 samples += [(str(folder / f), self.class_to_idx[wnid]) for f in _list_images(folder)]
             return samples
-        folder = root / self.split / "images"
+        if self.split == "val":
+            return read_val_samples(root, self.class_to_idx)
+        folder = root / "test" / "images"
         if not folder.is_dir():
             raise DatasetError(f"{folder} is missing. Re-extract the archive.")
-        if self.split == "test":
-            return [(str(folder / f), -1) for f in _list_images(folder)]
-        present = set(_list_images(folder))
-        samples = []
-        for name, wnid in read_val_annotations(root):
-            if wnid not in self.class_to_idx:
-                raise DatasetError(f"{root / 'val' / 'val_annotations.txt'}: {name} has wnid "
-                                   f"{wnid}, which is not in wnids.txt.")
-            if name not in present:
-                raise DatasetError(f"{folder / name} is listed in val_annotations.txt but missing.")
-            samples.append((str(folder / name), self.class_to_idx[wnid]))
-        return sorted(samples, key=lambda s: _natural_key(os.path.basename(s[0])))
+        return [(str(folder / f), -1) for f in _list_images(folder)]
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -24,16 +24,27 @@ class Dist:
         return self.rank == 0
 
 
-def setup(device: str) -> Dist:
-    """Join the process group torchrun describes in the environment (if any)."""
+def setup(device: torch.device | str) -> Dist:
+    """Join the process group torchrun describes in the environment (if any).
+
+    `device` is the run's device, already decided (`runtime.pick_device`: under torchrun a CUDA
+    run gets cuda:$LOCAL_RANK); NCCL is bound to it, gloo serves CPU runs.
+    """
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return Dist()
     info = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    device = torch.device(device)
     if not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend)
+        if device.type == "cuda":
+            if device.index is None:
+                raise ValueError(f"distributed.setup: a CUDA device needs its index, got {device} "
+                                 "(runtime.pick_device gives one)")
+            torch.cuda.set_device(device)
+            # device_id binds the communicator to this GPU now, so collectives (barrier included)
+            # never have to guess which GPU a rank uses.
+            dist.init_process_group(backend="nccl", device_id=device)
+        else:
+            dist.init_process_group(backend="gloo")
     return info
 
 

@@ -73,7 +73,8 @@ def extract_archive(zip_path: Path, parent: Path) -> Path:
                         raise DatasetError(f"{zip_path}: unsafe path {member!r} in archive.")
                 zf.extractall(tmp)
         except zipfile.BadZipFile as err:
-            raise DatasetError(f"{zip_path} is not a valid zip archive ({err}); download it again.") from err
+            raise DatasetError(f"{zip_path} is not a valid zip archive ({err}): pass the path of "
+                               f"{FOLDER_NAME}.zip, or download it again if it is that file.") from err
         inner = tmp / FOLDER_NAME
         if not (inner / "wnids.txt").is_file():
             raise DatasetError(f"{zip_path} does not contain {FOLDER_NAME}/wnids.txt: not a Tiny "

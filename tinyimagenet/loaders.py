@@ -105,10 +105,12 @@ class BatchLoader:
                  normalize: bool = True, rank: int = 0, world_size: int = 1):
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be uint8 (N,H,W,3), got {images.dtype} {tuple(images.shape)}")
-        self.device = torch.device(device)
         # Everything lives on the training device: no host->device copy per batch on a GPU.
-        self.images = images.to(self.device)
-        self.targets = targets.to(self.device)
+        self.images = images.to(device)
+        self.targets = targets.to(device)
+        # The device it was given, as tensors report it ("cuda" -> "cuda:0"): what train.py checks
+        # the model against, and what tests read to see that the run's one device reached here.
+        self.device = self.images.device
         self.batch_size, self.train, self.augment = batch_size, train, augment and train
         self.seed, self.pad, self.rank, self.world_size = seed, pad, rank, world_size
         self.normalizer = Normalizer(self.device, enabled=normalize)
@@ -141,26 +143,38 @@ class BatchLoader:
         return full + (rest >= (2 if self.train else 1))
 
     def __iter__(self):
+        """The epoch's batches. Everything that moves data from the host (the shuffled order, the
+        augmentation draws: a few host->device copies, each a sync on CUDA) happens here, when
+        iteration starts; the batches themselves are device-only work, no host round-trip."""
         idx = self._indices()
-        n = len(idx)
+        aug = None
         if self.augment:  # one draw per image for the whole epoch: skipping batches stays exact
+            n = len(idx)
             g = torch.Generator(device="cpu").manual_seed(self.seed * 100_003 + self.epoch + 7_919)
-            dx = torch.randint(0, 2 * self.pad + 1, (n,), generator=g).to(self.device)
-            dy = torch.randint(0, 2 * self.pad + 1, (n,), generator=g).to(self.device)
-            flip = (torch.rand(n, generator=g) < 0.5).to(self.device)
+            dx = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
+            dy = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
+            flip = torch.rand(n, generator=g) < 0.5
+            aug = tuple(t.to(self.device) for t in (dx, dy, flip))
+        return self._batches(idx, aug)
+
+    def _batches(self, idx: torch.Tensor, aug):
+        n = len(idx)
         scratch = None
         for step in range(self.start_step, len(self)):
             sl = slice(step * self.batch_size, min(n, (step + 1) * self.batch_size))
-            if self.augment:
+            rows = idx[sl]
+            if aug is not None:
                 if scratch is None:  # one zero-bordered padding buffer for the whole epoch
                     _, h, w, c = self.images.shape
                     scratch = self.images.new_zeros(2, self.batch_size, h + 2 * self.pad,
                                                     w + 2 * self.pad, c)
-                batch = crop_flip(self.images, dx[sl], dy[sl], flip[sl], self.pad, index=idx[sl],
+                dx, dy, flip = aug
+                batch = crop_flip(self.images, dx[sl], dy[sl], flip[sl], self.pad, index=rows,
                                   scratch=scratch)
             else:  # index_select copies whole images; images[idx] is far slower on a CPU
-                batch = self.images.index_select(0, idx[sl])
-            yield self.normalizer(batch), self.targets[idx[sl]]
+                batch = self.images.index_select(0, rows)
+            # index_select, not targets[rows]: one gather kernel, sure to stay on the device.
+            yield self.normalizer(batch), self.targets.index_select(0, rows)
 
 
 # ------------------------------------------------------------------------------ a run's data
@@ -195,14 +209,16 @@ def synthetic_root(cache_dir=None) -> str:
             return str(find_root(parent))
 
 
-def load_data(data_dir=None, *, archive: str | None = None, synthetic: bool = False,
-              train_per_class: int | None = None, val_per_class: int | None = None,
-              cache_dir=None, progress: bool = True) -> Data:
+def load_data(data_dir=None, *, archive: str | None = None, download: bool = False,
+              synthetic: bool = False, train_per_class: int | None = None,
+              val_per_class: int | None = None, cache_dir=None, progress: bool = True) -> Data:
     """Both labelled splits as uint8 tensors, from the decoded cache (built on first use).
 
-    Finds the data at `data_dir` ($TINYIMAGENET_ROOT or ./data when None), downloading the
-    official archive (or extracting `archive`) when it is absent. Under torchrun, rank 0 builds
-    the cache first and the other ranks reuse it.
+    Finds the data at `data_dir` ($TINYIMAGENET_ROOT or ./data when None). When it is absent:
+    extracts `archive` if given; else downloads the official archive (248 MB) into the default
+    location, or into an explicit `data_dir` only with `download=True` (a mistyped --data-dir is
+    an error naming it, not a download into a new folder). Under torchrun, rank 0 builds the
+    cache first and the other ranks reuse it.
     """
     if synthetic:
         data_dir = synthetic_root(cache_dir)
@@ -212,7 +228,8 @@ def load_data(data_dir=None, *, archive: str | None = None, synthetic: bool = Fa
         distributed.barrier()
     try:
         kw = dict(cache_dir=cache_dir, progress=progress and is_main)
-        train_x, train_y, train_ds = load_split(data_dir, "train", train_per_class, download=True,
+        train_x, train_y, train_ds = load_split(data_dir, "train", train_per_class,
+                                                download=download or data_dir is None,
                                                 archive=archive, **kw)
         val_x, val_y, val_ds = load_split(train_ds.root, "val", val_per_class, **kw)
     finally:

@@ -1,4 +1,5 @@
-"""Process-level helpers for training runs: the device, Ctrl-C at a step boundary, CPU tuning.
+"""Process-level helpers for training runs: the device, Ctrl-C at a step boundary, host syncs, the
+RNG state of dropout, CPU and GPU tuning.
 
     from tinyimagenet.runtime import pick_device, StepBoundaryInterrupt, keep_freed_memory
 
@@ -7,20 +8,90 @@ benchmarks/). Nothing here changes the process on import: the faces opt in.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
 import signal
 import threading
 
 import torch
 
 
-def pick_device(name: str) -> torch.device:
-    """"auto" (CUDA when there is one), "cpu", "cuda", "cuda:1"; a clear error when CUDA is absent."""
+def pick_device(name: str | torch.device) -> torch.device:
+    """The one place a run's device is decided: "auto" (CUDA when there is one), "cpu", "cuda", "cuda:1".
+
+    A CUDA device always comes back with its index ("cuda" -> "cuda:0", or under torchrun the
+    process's own GPU, cuda:$LOCAL_RANK), so that every comparison of devices downstream is exact:
+    tensors report "cuda:0", and torch.device("cuda") != torch.device("cuda:0"). Idempotent, so
+    `TrainConfig.resolved()` can store the answer and everything else reads it from the config.
+    A clear ValueError when CUDA is asked for and absent, or the index does not exist.
+    """
+    name = str(name)
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"--device {name!r} is not a device (use auto, cpu, cuda or cuda:N): {err}") from None
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu.")
-    return torch.device(name)
+    index = device.index
+    if index is None:  # torchrun sets LOCAL_RANK: one GPU per process on this machine
+        index = int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else torch.cuda.current_device()
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: cuda:{index} does not exist, this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s).")
+    return torch.device("cuda", index)
+
+
+def same_device(a: str | torch.device, b: str | torch.device) -> bool:
+    """a and b name the same device; a missing index ("cuda") matches any index of its type."""
+    a, b = torch.device(a), torch.device(b)
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+@contextlib.contextmanager
+def host_sync_allowed(device: torch.device):
+    """Marks a deliberate host<->device synchronization of the training loop.
+
+    The loop runs on CUDA without any host round-trip except inside these blocks (once per epoch
+    for its set-up, once every `sync_every` steps for the loss check). tests/test_cuda.py holds
+    the loop to that: it runs an epoch under torch.cuda.set_sync_debug_mode("error"), which
+    raises on any synchronizing call, and this block lifts the mode for its own duration only.
+    On the CPU (or when no debug mode is set) it costs one attribute check.
+    """
+    mode = torch.cuda.get_sync_debug_mode() if torch.device(device).type == "cuda" else 0
+    if mode:
+        torch.cuda.set_sync_debug_mode(0)
+    try:
+        yield
+    finally:
+        if mode:
+            torch.cuda.set_sync_debug_mode(mode)
+
+
+def rng_state(device: torch.device) -> dict:
+    """The global RNG state dropout draws from (CPU, plus the CUDA device's), as CPU tensors.
+
+    Why: nn.Dropout takes no generator, so its masks come from the global RNG. The loop seeds it
+    once per epoch from (seed, epoch, rank); a mid-epoch checkpoint stores this state and the
+    resumed run restores it (`set_rng_state`), so the remaining steps draw the masks they would
+    have drawn uninterrupted, without a reseed (a host operation) per step. Host-only: no sync.
+    """
+    device = torch.device(device)
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore `rng_state(device)`'s result (after torch.load(map_location=cuda) too: the RNG
+    setters want CPU byte tensors, so they are moved back first)."""
+    device = torch.device(device)
+    torch.set_rng_state(state["cpu"].cpu())
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 class StepBoundaryInterrupt:
@@ -90,3 +161,16 @@ def fused_optimizer_kwargs(device: torch.device) -> dict:
     8.4M-weight Linear dominates the optimizer's work (benchmarks/train_throughput.py).
     """
     return {"fused": True} if device.type in ("cpu", "cuda") else {}
+
+
+def tune_for(device: torch.device) -> None:
+    """What a training face (`python -m tinyimagenet.train`) sets for its device, process-wide.
+
+    CPU: keep freed memory in the heap (above). CUDA: cudnn.benchmark, which times the
+    convolution algorithms once per input shape and keeps the fastest; training shapes are fixed
+    (the full batch and the epoch's last, smaller one), so the search is paid once per shape.
+    """
+    if torch.device(device).type == "cpu":
+        keep_freed_memory()
+    elif torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = True

@@ -1,14 +1,16 @@
-"""The quick diagnosis: find out, with controlled experiments, why a model does not learn.
+"""The quick diagnosis: find out, by experiment, why a model does not learn.
 
-    from tinyimagenet.diagnosis import DiagnosisConfig, run_diagnosis, format_report
-    report = run_diagnosis(DiagnosisConfig(models=["BaselineCNN"], dropout="legacy"))
-    print(format_report(report))
+    from tinyimagenet.diagnosis import diagnose, DiagnosisConfig, format_model
+    result = diagnose(MyNet, train=train_ds, val=val_ds, num_classes=10, config=DiagnosisConfig(epochs=3))
+    print("\n".join(format_model("MyNet", result)))
+    report = run_diagnosis(DiagnosisConfig(models=["BaselineCNN"], dropout="legacy"))   # registry models
 
-Modules: `checks` (measurements without training), `interventions` (fixed-batch fits with one
-change each), `stats` (accuracy vs chance), `verdict` (evidence -> ranked causes), `run`
-(orchestration), `report` (table and JSON). The command-line face is ../quick_diagnosis.py.
+Modules: `subject` (the user's model, data, loss and optimizer, normalized), `probes` (seeing dropout
+and ReLUs inside any forward), `measure` (measurements without training), `experiments` (the loop
+and one-change runs), `stats` (tests), `verdict` (evidence -> verdict and ranked causes), `run`
+(orchestration), `report` (text and JSON). The command-line face is ../quick_diagnosis.py.
 """
-from .report import format_report, to_json
-from .run import ALL_MODELS, DiagnosisConfig, run_diagnosis
+from .report import format_model, format_report, to_json
+from .run import ALL_MODELS, DiagnosisConfig, diagnose, run_diagnosis
 
-__all__ = ["ALL_MODELS", "DiagnosisConfig", "run_diagnosis", "format_report", "to_json"]
+__all__ = ["ALL_MODELS", "DiagnosisConfig", "diagnose", "run_diagnosis", "format_model", "format_report", "to_json"]

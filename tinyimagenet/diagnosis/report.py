@@ -1,10 +1,12 @@
 """The diagnosis report as text (terminal and notebook) and as strict JSON.
 
-JSON shape (accuracies in percent, causes ranked, empty when the model passed):
+JSON shape (accuracies in percent, causes ranked, empty when nothing was found):
     {"dataset": {...}, "models": {"BaselineCNN": {"config": {...}, "checks": [{"name", "status", "detail"}],
-     "epochs": [{"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "probe_acc"}],
-     "passed": bool, "learning": "learning|slow|stuck|diverged", "causes": [{"id", "score", "evidence"}],
-     "suggestions": [...], "fit": [...], "gradient_flow": [...], "control": {...} | null, ...}}}
+     "epochs": [{"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "probe_acc"}],
+     "verdict": "PASS|FAIL|INCONCLUSIVE", "passed": bool, "learning": "learning|stuck|undecided|diverged|not trained",
+     "causes": [{"id", "score", "evidence": [...], "where": [...]}], "suggestions": [...],
+     "fit": [...], "gradient_flow": [...], "control": {...} | null, "controls": [...], "seconds": float}}}
+For a model given by file, the name is the class or factory name.
 """
 from __future__ import annotations
 
@@ -24,37 +26,41 @@ def to_json(report: dict) -> dict:
     return clean(report)
 
 
+def format_model(name: str, m: dict) -> list[str]:
+    lines = [f"{name}: {m['verdict']} ({m['learning']}; {m['seconds']:.0f} s)"]
+    lines += [f"  - {r}" for r in m["reasons"]]
+    for c in m["checks"]:
+        if c["status"] in ("warn", "fail"):
+            lines.append(f"  [{c['status']:4}] {c['name']}: {c['detail']}")
+    for rank, (c, s) in enumerate(zip(m["causes"], m["suggestions"]), 1):
+        lines.append(f"  cause {rank}: {c['id']} (evidence score {c['score']:.2f})")
+        if c.get("where"):
+            lines.append(f"      where: {', '.join(c['where'])}")
+        lines += [f"      evidence: {e}" for e in c["evidence"]]
+        lines.append(f"      suggestion: {s}")
+    for ctl in m.get("controls") or []:
+        accs = " ".join(f"{e['val_acc']:.2f}" for e in ctl["epochs"])
+        lines.append(f"  control ({ctl['cause']}: {ctl['change']}): val top-1 % per epoch {accs}")
+    return lines
+
+
 def format_report(report: dict) -> str:
     ds = report["dataset"]
-    lines = [f"Data: {ds['root']}  ({ds['num_classes']} classes, {ds['train_images']} train, "
-             f"{ds['val_images']} val images; ln C = {ds['ln_num_classes']:.3f})"]
-    for c in ds["checks"]:
-        lines.append(f"  [{c['status']:4}] {c['name']}: {c['detail']}")
+    lines = []
+    if ds:
+        lines.append(f"Data: {ds.get('root', 'user data')}  ({ds['num_classes']} classes, {ds['train_images']} "
+                     f"train, {ds['val_images']} val images; ln C = {ds['ln_num_classes']:.3f})")
     rows = []
     for name, m in report["models"].items():
         cfg = m["config"]
         accs = " ".join(f"{e['val_acc']:.2f}" for e in m["epochs"]) or "-"
         top = m["causes"][0]["id"] if m["causes"] else "-"
-        rows.append((name, cfg["dropout"], f"{cfg['recipe']} lr={cfg['lr']:g}", accs,
-                     "PASS" if m["passed"] else "FAIL", m["learning"], top))
+        rows.append((name, cfg.get("dropout", "as given"), f"{cfg['recipe']} lr={cfg['lr']:g}", accs,
+                     m["verdict"], m["learning"], top))
     header = ("model", "dropout", "recipe", "val top-1 % per epoch", "verdict", "learning", "top cause")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    lines += ["", "  ".join(h.ljust(w) for h, w in zip(header, widths)),
-              "  ".join("-" * w for w in widths)]
+    lines += ["", "  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)) for r in rows]
     for name, m in report["models"].items():
-        lines += ["", f"{name}: {'PASS' if m['passed'] else 'FAIL'} ({m['learning']}; "
-                      f"{m['seconds']:.0f} s)"]
-        lines += [f"  - {r}" for r in m["reasons"]]
-        for c in m["checks"]:
-            if c["status"] != "pass":
-                lines.append(f"  [{c['status']:4}] {c['name']}: {c['detail']}")
-        for rank, (c, s) in enumerate(zip(m["causes"], m["suggestions"]), 1):
-            lines.append(f"  cause {rank}: {c['id']} (evidence score {c['score']:.2f})")
-            lines += [f"      evidence: {e}" for e in c["evidence"]]
-            lines.append(f"      suggestion: {s}")
-        if m.get("control"):
-            ctl = m["control"]
-            accs = " ".join(f"{e['val_acc']:.2f}" for e in ctl["epochs"])
-            lines.append(f"  control ({ctl['change']}): val top-1 % per epoch {accs}")
+        lines += [""] + format_model(name, m)
     return "\n".join(lines)

@@ -1,241 +1,358 @@
-"""Run the quick diagnosis for a list of models: pre-flight, the 5-epoch check, a control run, the verdict.
+"""Diagnose a model: pre-flight measurements, one-change experiments, a short training run, controls.
 
-    from tinyimagenet.diagnosis import DiagnosisConfig, run_diagnosis
-    report = run_diagnosis(DiagnosisConfig(models=["BaselineCNN"], dropout="legacy", train_per_class=50))
+    from tinyimagenet.diagnosis import diagnose, DiagnosisConfig
+    result = diagnose(MyNet, train=my_train_ds, val=my_val_ds, config=DiagnosisConfig(epochs=3))
+    result = diagnose("BaselineCNN", config=DiagnosisConfig(dropout="legacy"))   # registry shorthand
+    report = run_diagnosis(DiagnosisConfig(models=["BaselineCNN"]))            # several, one report
 
-Per model: checks at init (shape, loss vs ln C, dropout audit, one backward), the fixed-batch fit
-and, when it fails, the interventions; then `epochs` of real training with a held-out slice of the
-train split (the "probe") evaluated each epoch beside val, so "train learns but val does not" and
-"nothing generalizes" can be told apart. If the verdict is FAIL and its top cause has a fix that a
-config can express (dropout, lr, normalization), the same training is rerun with that fix: the
-control. The report (`report.py`) turns all of it into a table, JSON and plots.
+Per model: labels and batches are measured before anything trains (bad labels stop here); the
+model at init (outputs, eval determinism, dropout, loss vs ln C); a fixed batch is fitted as given
+and, when that fails, once per change (dropout off, lr x10.., lr /10.., inputs standardized, log
+of probability outputs, weight decay 0, all parameters trainable); `epochs` of training with a
+held-out slice of train (the probe) and val predicted after each epoch; then the verdict, and
+for the top causes whose fix can be applied from outside the code, the same training with that
+fix: the control. The user's objects are never mutated and the global RNG state is restored.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
-from ..loaders import BatchLoader, Data, Normalizer, load_data
-from ..registry import audit_dropout, build_model
-from ..train import NonFiniteLossError, TrainConfig, evaluate, fit
-from .checks import Check, data_checks, dropout_audit_check, gradient_check, init_checks, label_signal_check
-from .interventions import fit_batch, run_interventions
-from .stats import above_chance
+from ..loaders import Data, Normalizer, load_data
+from ..registry import MODELS, build_model
+from ..runtime import pick_device
+from ..train import RECIPE_LR_BY_MODEL, RECIPES, TrainConfig, make_optimizer, make_scheduler
+from . import measure
+from .experiments import Change, fit_batch, train_short
+from .stats import above_chance, chance_test, two_proportion_test
+from .subject import (BadLabels, Subject, check_labels, default_loss, model_factory, optimizer_factory,
+                      repo_data_subject, user_data_subject)
 from .verdict import Evidence, judge_learning, rank_causes, suggestions_for
 
 ALL_MODELS = ("BaselineCNN", "DeeperWiderCNN", "CNNWithSEAttention", "ResidualCNN", "BestModel")
-FULL_TRAIN_PER_CLASS = 500  # the official train split; the seed's thresholds assume it
-HEALTHY = ("learning", "preflight ok")
+FULL_TRAIN_PER_CLASS = 500  # the official train split; "stuck with no cause" fails only there
 
 
 @dataclass
 class DiagnosisConfig:
-    models: list = field(default_factory=lambda: list(ALL_MODELS))  # registry names to check
+    models: list = field(default_factory=lambda: list(ALL_MODELS))  # registry names (run_diagnosis)
     epochs: int = 5                       # epochs of the health-check training
     recipe: str = "seed"                  # "seed" (where the failure was reported) or "strong"
-    dropout: str = "fixed"                # "fixed" or "legacy" (the seed's original dropout)
-    lr: float | None = None               # override the recipe's lr
-    batch_size: int | None = None         # override the recipe's batch size
+    dropout: str = "fixed"                # registry models: "fixed" or "legacy" (the seed's dropout)
+    lr: float | None = None               # override the recipe's lr (recipe optimizer only)
+    batch_size: int | None = None         # override the recipe's batch size (a user DataLoader keeps its own)
     schedule_epochs: int = 50             # lr schedule horizon: the check is the first epochs of a 50-epoch run
-    train_per_class: int | None = None    # train images per class (None: all)
-    val_per_class: int | None = None      # val images per class (None: all 50)
+    train_per_class: int | None = None    # repo data: train images per class (None: all)
+    val_per_class: int | None = None      # repo data: val images per class (None: all 50)
     probe_per_class: int | None = None    # held-out train images per class (None: 5% of train, >= 1)
     data_dir: str | None = None           # dataset folder ($TINYIMAGENET_ROOT or ./data when None)
     archive: str | None = None            # local path / URL of the archive to extract
+    download: bool = False                # fetch the archive into data_dir when absent
     synthetic: bool = False               # generated offline data
-    normalize: bool = True                # False reproduces the unnormalized-input fault
-    device: str = "auto"                  # "auto", "cpu", "cuda"
-    seed: int = 0                         # seeds everything
-    fit_batch: int = 8                    # images in the fixed batch of the fit check
-    fit_steps: int = 50                   # max optimizer steps of each fit run
-    control: bool = True                  # rerun training with the top cause fixed when a model fails
-    preflight_only: bool = False          # stop after the pre-flight checks
-    progress: bool = True                 # tqdm bars
+    normalize: bool = True                # repo data: False feeds [0,1] inputs (to reproduce that fault)
+    device: str = "auto"                  # "auto", "cpu", "cuda": decided once, passed to everything
+    amp: bool = True                      # bf16 autocast on CUDA
+    seed: int = 0                         # seeds the model, the batches and the experiments
+    fit_batch: int = 8                    # images in the fixed batch of the fit experiments
+    fit_steps: int = 50                   # max optimizer steps of each fit
+    control: bool = True                  # rerun training with a fix for the top causes
+    max_controls: int = 2                 # control runs at most per model (each costs one training run)
+    preflight_only: bool = False          # stop before training
+    progress: bool = True                 # print the plan and per-epoch lines
 
 
-def train_config(cfg: DiagnosisConfig, model: str, **changes) -> TrainConfig:
-    tc = TrainConfig(model=model, dropout=cfg.dropout, recipe=cfg.recipe, epochs=cfg.epochs,
-                     lr=cfg.lr, batch_size=cfg.batch_size, schedule_epochs=max(cfg.epochs, cfg.schedule_epochs),
-                     normalize=cfg.normalize, device=cfg.device, seed=cfg.seed, progress=cfg.progress)
-    return dataclasses.replace(tc, **changes).resolved()
+def _recipe(cfg: DiagnosisConfig, name: str) -> TrainConfig:
+    """The recipe as a TrainConfig (its optimizer, lr, weight decay, schedule), for the model `name`."""
+    recipe = dict(RECIPES[cfg.recipe])
+    recipe["lr"] = RECIPE_LR_BY_MODEL.get(cfg.recipe, {}).get(name, recipe["lr"])
+    if cfg.lr is not None:
+        recipe["lr"] = cfg.lr
+    if cfg.batch_size is not None:
+        recipe["batch_size"] = cfg.batch_size
+    return TrainConfig(model=name if name in MODELS else "BaselineCNN", recipe=cfg.recipe, epochs=cfg.epochs,
+                       schedule_epochs=max(cfg.epochs, cfg.schedule_epochs), device=cfg.device,
+                       seed=cfg.seed, **recipe)
 
 
-def split_probe(data: Data, per_class: int | None) -> tuple[Data, Data]:
-    """Hold out `per_class` train images per class (the last ones): (training data, probe data)."""
-    t = data.train_targets
-    counts = torch.bincount(t, minlength=data.num_classes)
-    k = per_class if per_class is not None else max(1, int(0.05 * int(counts.min())))
-    if int(counts.min()) <= k:
-        raise ValueError(f"--probe-per-class {k} leaves no training images for some class "
-                         f"(smallest class has {int(counts.min())}).")
-    probe = torch.cat([(t == c).nonzero().flatten()[-k:] for c in range(data.num_classes)])
-    keep = torch.ones(len(t), dtype=torch.bool)
-    keep[probe] = False
-    return (dataclasses.replace(data, train_images=data.train_images[keep], train_targets=t[keep]),
-            dataclasses.replace(data, train_images=data.train_images[probe], train_targets=t[probe]))
+def _rng_state() -> tuple:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return torch.get_rng_state(), cuda, random.getstate(), np.random.get_state()
 
 
-def fixed_batch(data: Data, n: int, seed: int, normalize: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(data.train_targets), generator=g)[:n]
-    x = Normalizer("cpu", enabled=normalize)(data.train_images[idx]).contiguous()
-    return x.to(device), data.train_targets[idx].to(device)
+def _restore_rng(state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
+    random.setstate(state[2])
+    np.random.set_state(state[3])
 
 
-def preflight(cfg: DiagnosisConfig, name: str, data: Data, device) -> dict:
-    """Model checks, gradients and the fixed-batch fit (+ interventions when it fails)."""
-    tc = train_config(cfg, name)
-    torch.manual_seed(cfg.seed)
-    model = build_model(name, num_classes=data.num_classes, dropout=cfg.dropout).to(device)
-    x, y = fixed_batch(data, cfg.fit_batch, cfg.seed, cfg.normalize, device)
-    audit = dropout_audit_check(model)
-    checks = init_checks(model, x, y, data.num_classes) + [audit]
-    grad_checks, flow = gradient_check(model, x, y)
-    checks += grad_checks
-    base = fit_batch(model, x, y, tc, name="base", lr=tc.lr, steps=cfg.fit_steps, num_classes=data.num_classes)
-    interventions = []
-    if not base.fitted:
-        fix_inputs = None
-        if not cfg.normalize:
-            fix_inputs = lambda inp: Normalizer(device)(  # noqa: E731 - re-derive uint8, normalize properly
-                (inp * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)).contiguous()
-        # Dropout within the guidelines (the fixed setting) would be kept whatever removing it
-        # showed, so that experiment is skipped: it cost BestModel ~45 s of a 152 s pre-flight.
-        interventions = run_interventions(model, x, y, tc, base, steps=cfg.fit_steps, num_classes=data.num_classes,
-                                          has_dropout=bool(audit_dropout(model)) and audit.status != "pass",
-                                          fix_inputs=fix_inputs)
-    checks.append(fit_check(cfg, base, interventions, audit))
-    return {"model": model, "checks": checks, "base": base, "interventions": interventions, "flow": flow}
-
-
-def fit_check(cfg: DiagnosisConfig, base, interventions, audit: Check) -> Check:
-    """pass: the batch fits; warn: only slow (fits at 10x the lr, dropout within guidelines); fail.
-
-    Measured on the real subset under the seed recipe (Adam 1e-4, 50 steps, 8 images): fixed-dropout
-    CNNWithSEAttention, ResidualCNN and BestModel do not fit at 1e-4 but fit at 1e-3 in 22-42
-    steps, while legacy BaselineCNN (10 real classes) fits at neither lr and fits with dropout
-    removed. The first is a sound model under a slow lr, which the 5-epoch check then judges;
-    only the second is broken.
-    """
-    detail = f"{cfg.fit_batch} images: {base.describe()}" + "".join(f"; {r.describe()}" for r in interventions)
-    data = {"runs": [base.to_json()] + [r.to_json() for r in interventions]}
-    if base.fitted:
-        return Check("fit_batch", "pass", detail, data)
-    slow_only = audit.status == "pass" and any(r.name == "lr_x10" and r.fitted for r in interventions)
-    if slow_only:
-        detail += f"; fits at 10x the lr, so model and data are sound and lr {base.lr:g} is slow"
-    return Check("fit_batch", "warn" if slow_only else "fail", detail, data)
-
-
-def train_with_probe(cfg: DiagnosisConfig, tc: TrainConfig, data: Data, probe: Data, model) -> tuple[list, tuple | None]:
-    """`fit` plus, after each epoch, top-1 on the held-out train images. Catches a NaN stop."""
-    device = next(model.parameters()).device
-
-    def on_epoch_end(row, net):
-        loader = BatchLoader(probe.train_images, probe.train_targets, 256, train=False, device=device,
-                             normalize=tc.normalize)
-        res = evaluate(net, loader, device, split="probe")
-        row["probe_acc"], row["probe_n"] = res["top1"], res["n"]
-
+def diagnose(model, train=None, val=None, loss_fn=None, optimizer=None, *, num_classes: int | None = None,
+             config: DiagnosisConfig | None = None, data: Data | None = None, name: str | None = None) -> dict:
+    """Diagnose one model; returns its report entry (see report.py). The process is left as found."""
+    cfg = config or DiagnosisConfig()
+    state = _rng_state()
     try:
-        return fit(tc, data=data, model=model, on_epoch_end=on_epoch_end), None
-    except NonFiniteLossError as err:
-        return getattr(err, "history", []), (err.epoch, err.step, err.value)
+        return _diagnose(model, train, val, loss_fn, optimizer, num_classes, cfg, data, name)
+    finally:
+        _restore_rng(state)
 
 
-def control_change(cause: str, cfg: DiagnosisConfig, tc: TrainConfig, interventions) -> tuple[dict, str] | None:
-    """The TrainConfig change that removes `cause`, if a config can express it."""
-    if cause == "dropout_too_strong" and cfg.dropout == "legacy":
-        return {"dropout": "fixed"}, "the fixed dropout"
+def _log(cfg, text):
+    if cfg.progress:
+        print(text, flush=True)
+
+
+def _diagnose(model, train, val, loss_fn, optimizer, num_classes, cfg, data, name) -> dict:
+    t0 = time.perf_counter()
+    device = pick_device(cfg.device)  # decided once; everything below gets it passed
+    reg_name = model if isinstance(model, str) else None
+    tc = _recipe(cfg, reg_name or "")
+    result = {"config": {**dataclasses.asdict(tc), "device": str(device), "fit_batch": cfg.fit_batch,
+                         "fit_steps": cfg.fit_steps, "user_model": reg_name is None,
+                         "user_data": train is not None, "dropout": cfg.dropout if reg_name else "as given"},
+              "checks": [], "fit": [], "epochs": [], "gradient_flow": [], "control": None, "controls": []}
+    checks = {}
+    if train is not None:
+        if val is None or num_classes is None:
+            raise ValueError("diagnose(train=...) needs val= and num_classes= too")
+        try:
+            fields = user_data_subject(train, val, num_classes, probe_per_class=cfg.probe_per_class,
+                                       batch_size=tc.batch_size, seed=cfg.seed, device=device)
+        except BadLabels as err:  # reported before any training: nothing else can be trusted
+            checks["labels"] = measure.Check("labels", "fail", str(err))
+            return _finish(result, Evidence(num_classes, checks, status="not trained"), cfg, t0)
+    else:
+        data = data if data is not None else load_data(cfg.data_dir, archive=cfg.archive, synthetic=cfg.synthetic,
+                                                       train_per_class=cfg.train_per_class, download=cfg.download,
+                                                       val_per_class=cfg.val_per_class, progress=cfg.progress)
+        num_classes = data.num_classes
+        fields = repo_data_subject(data, probe_per_class=cfg.probe_per_class, batch_size=tc.batch_size,
+                                   seed=cfg.seed, device=device, normalize=cfg.normalize)
+    if reg_name is not None:
+        make = lambda: build_model(reg_name, num_classes=num_classes, dropout=cfg.dropout)  # noqa: E731
+        make, label = model_factory(make, num_classes, cfg.seed)[0], reg_name
+    else:
+        make, label = model_factory(model, num_classes, cfg.seed)
+    recipe_opt = lambda m: make_optimizer(m, tc)  # noqa: E731
+    subject = Subject(name=name or label, make_model=make, loss_fn=loss_fn or default_loss,
+                      make_optimizer=optimizer_factory(optimizer, recipe_opt), num_classes=num_classes, **fields)
+    schedule = (lambda opt, steps: make_scheduler(opt, tc, steps)) if optimizer is None else None  # noqa: E731
+    result["name"] = subject.name
+    ev = Evidence(num_classes, checks)
+    ev.full_data = int(torch.bincount(subject.train_y).min()) + int(torch.bincount(subject.probe_y).min()) \
+        >= FULL_TRAIN_PER_CLASS
+
+    # ---------------------------------------------------------------- measurements before training
+    for split, y in (("train", subject.train_y), ("val", subject.val_y)):
+        found = check_labels(y, num_classes, split)
+        if found:
+            checks["labels"] = measure.Check("labels", "fail", "; ".join(found))
+    ann = measure.annotation_check(subject.root, subject.classes, subject.val_files, subject.val_y)
+    if ann is not None:
+        checks[ann.name] = ann
+    if "labels" in checks:
+        return _finish(result, ev, cfg, t0)
+    x, y = _fixed_batch(subject, data, cfg, device)
+    model0 = subject.make_model().to(device)
+    train_loader, _, _ = subject.loaders()
+    first_x, _ = next(iter(train_loader))
+    for check in (measure.input_stats(first_x), measure.batch_label_entropy(train_loader, num_classes),
+                  measure.output_kind(model0, x), measure.eval_determinism(model0, x),
+                  measure.dropout_sites(model0, x), measure.init_loss(model0, x, y, subject.loss_fn, num_classes),
+                  _weight_decay_check(subject.make_optimizer(model0))):
+        checks[check.name] = check
+    del model0
+    ev.checks.update(_label_signal(subject, data, num_classes))
+
+    # ------------------------------------------------------------------------- fixed-batch fits
+    fit = lambda change: fit_batch(subject, change, x, y, steps=cfg.fit_steps, device=device,  # noqa: E731
+                                   num_classes=num_classes)
+    t_fit = time.perf_counter()
+    ev.base = fit(Change("base"))
+    step_seconds = (time.perf_counter() - t_fit) / max(1, len(ev.base.losses))
+    if not ev.base.fitted:
+        ev.fits = _experiments(ev, checks, first_x, fit)
+    result["fit"] = [ev.base.to_json()] + [r.to_json() for r in ev.fits]
+    n_train = len(subject.train_y)
+    per_run = step_seconds / cfg.fit_batch * (n_train + (len(subject.val_y) + len(subject.probe_y)) / 3) * cfg.epochs
+    _log(cfg, f"[{subject.name}] plan: {cfg.epochs} epochs x {n_train} train images (batch {subject.batch_size}), "
+              f"{len(subject.probe_y)} held-out train + {len(subject.val_y)} val images predicted per epoch on "
+              f"{device}; rough cost {per_run:.0f} s per run, up to {cfg.max_controls if cfg.control else 0} "
+              "control runs more")
+    if cfg.preflight_only:
+        ev.status = "not trained"
+        return _finish(result, ev, cfg, t0)
+
+    # --------------------------------------------------------------------------- the short run
+    amp = cfg.amp and device.type == "cuda"
+    run = lambda change: train_short(subject, change, epochs=cfg.epochs, device=device, amp=amp,  # noqa: E731
+                                     schedule=schedule)
+    ev.run = run(Change("base"))
+    result["gradient_flow"] = [r for r in ev.run.grad_rows if r["step"] == ev.run.grad_rows[-1]["step"]] \
+        if ev.run.grad_rows else []
+    for row in ev.run.history:
+        _log(cfg, f"[{subject.name}] epoch {row['epoch']}: train loss {row['train_loss']:.4f}, "
+                  f"val top-1 {row['val_acc']:.2f}%, held-out train {row['probe_acc']:.2f}%")
+    if ev.run.history:
+        ev.val_test = chance_test(ev.run.val_preds, subject.val_y, num_classes)
+        ev.probe_test = chance_test(ev.run.probe_preds, subject.probe_y, num_classes)
+        kv, kp = int((ev.run.val_preds == subject.val_y).sum()), int((ev.run.probe_preds == subject.probe_y).sum())
+        ev.gap_test = two_proportion_test(kv, len(subject.val_y), kp, len(subject.probe_y))
+    ev.status = judge_learning(ev)
+    causes = rank_causes(ev)
+    if cfg.control:
+        tried = 0
+        for cause in list(causes):
+            change = _fix_for(cause.id, ev, checks)
+            if tried >= cfg.max_controls or any(c["test"].significant and c["chance"].significant
+                                                 for c in ev.controls):
+                break
+            if change is None or cause.id in {c["cause"] for c in ev.controls}:
+                continue
+            tried += 1
+            _log(cfg, f"[{subject.name}] control: {cause.id} -> rerun with {change.describe()}")
+            res = run(change)
+            acc = res.final.get("val_acc", 0.0)
+            k_ctl = int((res.val_preds == subject.val_y).sum()) if res.val_preds is not None else 0
+            k_base = int((ev.run.val_preds == subject.val_y).sum()) if ev.run.val_preds is not None else 0
+            ev.controls.append({"cause": cause.id, "change": change.describe(), "result": res, "acc": acc,
+                                "base_acc": ev.run.final.get("val_acc", 0.0),
+                                "test": two_proportion_test(k_base, len(subject.val_y), k_ctl, len(subject.val_y)),
+                                "chance": chance_test(res.val_preds, subject.val_y, num_classes)
+                                if res.val_preds is not None else above_chance(0.0, len(subject.val_y), num_classes)})
+            causes = rank_causes(ev)
+    return _finish(result, ev, cfg, t0)
+
+
+def _fixed_batch(subject, data, cfg, device):
+    g = torch.Generator().manual_seed(cfg.seed)
+    idx = torch.randperm(len(subject.train_y), generator=g)[:cfg.fit_batch]
+    if subject.train_x is not None:
+        return subject.train_x[idx].to(device), subject.train_y[idx].to(device)
+    train_loader, _, _ = subject.loaders()
+    images = train_loader.images[idx.to(train_loader.images.device)]
+    return Normalizer(device, enabled=cfg.normalize)(images.to(device)).contiguous(), subject.train_y[idx].to(device)
+
+
+def _weight_decay_check(opt) -> measure.Check:
+    wd = max((float(g.get("weight_decay", 0.0) or 0.0) for g in opt.param_groups), default=0.0)
+    return measure.Check("weight_decay", "info", f"largest weight decay in the optimizer: {wd:g} "
+                         f"({type(opt).__name__})", {"max": wd})
+
+
+def _label_signal(subject: Subject, data, num_classes) -> dict:
+    if subject.train_x is not None:
+        train_loader, probe_loader, val_loader = subject.loaders(False)
+        tx, px, vx = train_loader.images, probe_loader.images, val_loader.images
+    else:
+        train_loader, probe_loader, val_loader = subject.loaders()
+        tx, px, vx = train_loader.images.cpu(), probe_loader.images.cpu(), val_loader.images.cpu()
+    check = measure.label_signal(tx, subject.train_y, px, subject.probe_y, vx, subject.val_y, num_classes)
+    return {check.name: check}
+
+
+def _experiments(ev: Evidence, checks: dict, inputs, fit) -> list:
+    """The one-change fits, run when the base fit fails; lr moves by 10x until fit or divergence."""
+    runs = []
+    if checks["dropout_sites"].data["sites"]:
+        runs.append(fit(Change("no_dropout", no_dropout=True)))
+    if checks["input_stats"].data["off"]:
+        mean = tuple(checks["input_stats"].data["mean"])
+        std = tuple(max(s, 1e-6) for s in checks["input_stats"].data["std"])
+        runs.append(fit(Change("standardized", standardize=(mean, std))))
+    if checks["output_kind"].data["kind"] == "probabilities":
+        runs.append(fit(Change("log_outputs", log_outputs=True)))
+    if checks["weight_decay"].data["max"] > 0:
+        runs.append(fit(Change("no_weight_decay", weight_decay_zero=True)))
+    if any(w in ("requires_grad=False", "not in the optimizer") for w in ev.base.frozen.values()):
+        runs.append(fit(Change("unfreeze", unfreeze=True)))
+    if not ev.base.diverged:  # up to x1000, further while each x10 still lowers the loss
+        previous = ev.base.final
+        for k in (1, 2, 3, 4, 5):
+            r = fit(Change(f"lr_x{10 ** k}", lr_factor=10.0 ** k))
+            runs.append(r)
+            if r.fitted or r.diverged or (k >= 3 and not r.final < previous):
+                break
+            previous = r.final
+    if ev.base.diverged or not any(r.fitted for r in runs if r.name.startswith("lr_x")):
+        for k in (1, 2, 3):
+            r = fit(Change(f"lr_div{10 ** k}", lr_factor=10.0 ** -k))
+            runs.append(r)
+            if r.fitted or not ev.base.diverged:
+                break
+    return runs
+
+
+def _fix_for(cause: str, ev: Evidence, checks: dict) -> Change | None:
+    """The change that removes `cause` from outside the user's code, if there is one."""
+    simple = {"dropout_too_strong": Change("control", no_dropout=True),
+              "outputs_are_probabilities": Change("control", log_outputs=True),
+              "weight_decay_too_strong": Change("control", weight_decay_zero=True),
+              "batches_not_shuffled": Change("control", shuffle=True),
+              "stochastic_eval": Change("control", eval_dropout_off=True)}
+    if cause in simple:
+        return simple[cause]
+    if cause == "frozen_parameters" and any(w in ("requires_grad=False", "not in the optimizer")
+                                            for w in ev.base.frozen.values()):
+        return Change("control", unfreeze=True)
+    if cause == "input_not_normalized":
+        s = checks["input_stats"].data
+        return Change("control", standardize=(tuple(s["mean"]), tuple(max(v, 1e-6) for v in s["std"])))
     if cause in ("learning_rate_too_low", "learning_rate_too_high", "non_finite_loss"):
-        fits = [r for r in interventions if r.name.startswith("lr_") and r.fitted]
-        if fits:
-            return {"lr": fits[0].lr}, f"lr {fits[0].lr:g} instead of {tc.lr:g}"
-    if cause == "input_not_normalized" and not cfg.normalize:
-        return {"normalize": True}, "normalized inputs"
+        lr_runs = [r for r in ev.fits if r.name.startswith("lr_")]
+        best = min(lr_runs, key=lambda r: r.final, default=None)
+        if best is not None and best.final < ev.base.final:
+            return Change("control", lr_factor=best.lr / ev.base.lr)
     return None
 
 
-def diagnose_model(cfg: DiagnosisConfig, name: str, data: Data, train: Data, probe: Data,
-                   dataset_checks: list, device) -> dict:
-    t0 = time.perf_counter()
-    pre = preflight(cfg, name, data, device)
-    checks = {c.name: c for c in dataset_checks + pre["checks"]}
-    tc = train_config(cfg, name)
-    result = {"config": {**dataclasses.asdict(tc), "fit_batch": cfg.fit_batch, "fit_steps": cfg.fit_steps},
-              "checks": [c.to_json() for c in pre["checks"]], "gradient_flow": pre["flow"],
-              "fit": [pre["base"].to_json()] + [r.to_json() for r in pre["interventions"]], "epochs": []}
-    full = int(torch.bincount(data.train_targets).min()) >= FULL_TRAIN_PER_CLASS
-    ev = Evidence(data.num_classes, checks, pre["base"], pre["interventions"], [], None, None, full)
-    if not cfg.preflight_only:
-        ev.epochs, ev.nonfinite = train_with_probe(cfg, tc, train, probe, pre["model"])
-        if ev.epochs:
-            last = ev.epochs[-1]
-            ev.val_test = above_chance(last["val_acc"], len(data.val_targets), data.num_classes)
-            ev.probe_test = above_chance(last["probe_acc"], last["probe_n"], data.num_classes)
-    if cfg.preflight_only:  # nothing trained: the verdict is about the pre-flight alone
-        bad = [c.detail for c in checks.values() if c.status == "fail" or
-               (c.name.endswith("label_signal") and c.status == "warn")]
-        ev.learning, ev.reasons = ("preflight failed", bad) if bad else ("preflight ok", [])
+def _finish(result: dict, ev: Evidence, cfg: DiagnosisConfig, t0: float) -> dict:
+    causes = rank_causes(ev)
+    if ev.status in ("learning", "not trained") and not causes:
+        verdict = "PASS"
+    elif causes or ev.status == "diverged" or (ev.status == "stuck" and ev.full_data):
+        verdict = "FAIL"
+        if not causes:
+            ev.reasons.append("no cause isolated by any experiment")
     else:
-        ev.learning, ev.reasons = judge_learning(ev)
-    causes = rank_causes(ev) if ev.learning not in HEALTHY else []
-    if causes and cfg.control and not cfg.preflight_only:
-        change = control_change(causes[0].id, cfg, tc, ev.interventions)
-        if change is not None:
-            ctc = dataclasses.replace(tc, **change[0])
-            torch.manual_seed(cfg.seed)
-            cmodel = build_model(name, num_classes=data.num_classes, dropout=ctc.dropout)
-            c_epochs, _ = train_with_probe(cfg, ctc, train, probe, cmodel)
-            ev.control = {"cause": causes[0].id, "change": change[1], "epochs": c_epochs,
-                          "val_acc": c_epochs[-1]["val_acc"] if c_epochs else 0.0}
-            ev.learning, ev.reasons = judge_learning(ev)
-            causes = rank_causes(ev) if ev.learning not in HEALTHY else []
-    if ev.learning not in HEALTHY and not causes:
-        ev.reasons.append(f"no cause isolated; the labels carry signal ({checks['train_label_signal'].detail}), "
-                          f"so this budget ({len(train.train_targets)} images x {cfg.epochs} epochs) may simply "
-                          "be too small: train longer or on more images per class")
+        verdict = "INCONCLUSIVE"
+        ev.reasons.append("no experiment isolated a cause; the verdict needs more data or epochs (see above)")
+    run = ev.run
     result.update(
-        epochs=[{k: row[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5",
-                                     "probe_acc") if k in row} for row in ev.epochs],
-        learning=ev.learning, reasons=ev.reasons, passed=ev.learning in HEALTHY,
+        checks=[c.to_json() for c in ev.checks.values()], learning=ev.status, verdict=verdict,
+        passed=verdict == "PASS", reasons=ev.reasons,
+        epochs=[{k: row[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "probe_acc")}
+                for row in (run.history if run else [])],
         significance={"val": dataclasses.asdict(ev.val_test) if ev.val_test else None,
-                      "probe": dataclasses.asdict(ev.probe_test) if ev.probe_test else None},
+                      "probe": dataclasses.asdict(ev.probe_test) if ev.probe_test else None,
+                      "probe_vs_val": dataclasses.asdict(ev.gap_test) if ev.gap_test else None},
         causes=[c.to_json() for c in causes], suggestions=suggestions_for(causes, ev),
-        control=({k: ev.control[k] for k in ("cause", "change", "val_acc")} |
-                 {"epochs": [{k: r[k] for k in ("epoch", "train_loss", "val_acc")} for r in ev.control["epochs"]]})
-        if ev.control else None,
-        nonfinite=list(ev.nonfinite) if ev.nonfinite else None,
+        controls=[{"cause": c["cause"], "change": c["change"], "val_acc": c["acc"],
+                   "test": dataclasses.asdict(c["test"]),
+                   "epochs": [{k: r[k] for k in ("epoch", "train_loss", "val_acc")} for r in c["result"].history]}
+                  for c in ev.controls],
+        nonfinite=list(run.nonfinite) if run and run.nonfinite else None,
         seconds=time.perf_counter() - t0)
+    result["control"] = result["controls"][0] if result["controls"] else None
     return result
 
 
 def run_diagnosis(cfg: DiagnosisConfig, data: Data | None = None) -> dict:
-    """Diagnose every model in `cfg.models`; returns the report dict (see report.py for its shape)."""
-    from ..runtime import pick_device
-
-    device = pick_device(cfg.device)
+    """Diagnose every registry model in `cfg.models` on the repo's data; returns the report dict."""
     if data is None:
-        data = load_data(cfg.data_dir, archive=cfg.archive, synthetic=cfg.synthetic,
+        data = load_data(cfg.data_dir, archive=cfg.archive, synthetic=cfg.synthetic, download=cfg.download,
                          train_per_class=cfg.train_per_class, val_per_class=cfg.val_per_class,
                          progress=cfg.progress)
-    train, probe = split_probe(data, cfg.probe_per_class)
-    c = data.num_classes
-    dataset_checks = data_checks(data, cfg.normalize) + [
-        label_signal_check("train_label_signal", train.train_images, train.train_targets,
-                           probe.train_images, probe.train_targets, c),
-        label_signal_check("val_label_signal", train.train_images, train.train_targets,
-                           data.val_images, data.val_targets, c)]
     report = {"dataset": {"root": data.root, "num_classes": data.num_classes,
-                          "train_images": len(train.train_targets), "probe_images": len(probe.train_targets),
-                          "val_images": len(data.val_targets),
-                          "ln_num_classes": math.log(data.num_classes),
-                          "checks": [c.to_json() for c in dataset_checks]},
-              "models": {}}
+                          "train_images": len(data.train_targets), "val_images": len(data.val_targets),
+                          "ln_num_classes": math.log(data.num_classes)}, "models": {}}
     for name in cfg.models:
-        report["models"][name] = diagnose_model(cfg, name, data, train, probe, dataset_checks, device)
+        report["models"][name] = diagnose(name, config=cfg, data=data)
     return report

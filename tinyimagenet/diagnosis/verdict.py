@@ -1,61 +1,56 @@
-"""From measurements to a verdict: is the model learning, and if not, why (ranked by evidence).
+"""From measurements and experiments to a verdict (PASS, FAIL or INCONCLUSIVE) and ranked causes.
 
-Scores are in [0, 1] and reflect the kind of evidence, strongest first:
-  a controlled intervention or control run that removes the symptom   0.85-1.0
-  a direct measurement of the fault (labels vs file, input statistics)  0.6-0.9
-  a guideline violation or warning that fits the symptom                0.3-0.5
-Causes below 0.3 are not reported. Ties are broken by the order they are listed in CAUSES.
+The rules, each stated once:
+- Learning: val top-1 above chance by `stats.chance_test` (binomial and class-permutation, both at
+  ALPHA). Not above chance is "stuck" when val is large enough to see 2x chance with power 0.8,
+  else "undecided" (the data cannot tell; the verdict says what size would).
+- A cause is reported only with evidence: a decisive measurement (rows sum to 1, two eval passes
+  differ, labels out of range, a label file contradicted), a control run whose held-out accuracy
+  beats the base run's (difference of two proportions, p < ALPHA), or a one-change fit of the
+  fixed batch that removes at least FIT_MARGIN x ln C more loss than the base fit, where the base
+  failed to fit and the run itself is stuck, diverged, or stalled (base fit removed < 5% of its loss).
+- Scores come from the evidence: `stats.score(p, effect)` for controls, the effect itself for
+  deterministic comparisons (same weights, same batch). Order: decisive and confirmed root causes,
+  then other root causes, then symptoms (collapsed outputs, dead units, gradients, a non-finite
+  loss), each by score: a high lr that killed the ReLUs is reported as the lr, then its symptoms.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 
-from .interventions import FitRun
-from .stats import ChanceTest, above_chance
+from .experiments import FitRun, RunResult
+from .stats import ALPHA, power, required_n, score as evidence_score
 
-# The seed's expectations for val top-1 (%) after epoch N on the full train split.
-SEED_THRESHOLDS = {1: 1.0, 5: 5.0, 10: 10.0}
-# The seed's expected band (min, max) of val top-1 (%) per epoch, for the plots.
-SEED_BAND = {1: (1, 2), 5: (4, 8), 10: (8, 15), 30: (25, 35), 50: (35, 50)}
-CONTROL_GAIN = 2.0  # "far below what the model reaches with the cause removed": < half of it, above chance
+FIT_MARGIN = 0.25        # a change must remove >= 25% of ln C more fixed-batch loss than the base fit
+STALLED = 0.05           # a base fit that removes < 5% of its initial loss has stalled
+POWER_EFFECT = 2.0       # "stuck" needs power 0.8 to see this multiple of chance
 
-CAUSES = ("non_finite_loss", "learning_rate_too_high", "dropout_too_strong", "learning_rate_too_low",
-          "val_labels_misaligned", "train_labels_unlearnable", "input_not_normalized",
-          "vanishing_gradients", "exploding_gradients", "dead_units")
+ROOT = ("bad_labels", "outputs_are_probabilities", "stochastic_eval", "val_labels_misaligned",
+        "train_labels_unlearnable", "learning_rate_too_high", "learning_rate_too_low", "dropout_too_strong",
+        "weight_decay_too_strong", "input_not_normalized", "frozen_parameters", "batches_not_shuffled")
+SYMPTOMS = ("non_finite_loss", "collapsed_outputs", "dead_units", "vanishing_gradients", "exploding_gradients")
+CAUSES = ROOT + SYMPTOMS
 
 SUGGESTIONS = {
-    "dropout_too_strong": "Remove dropout from conv stages / residual blocks and keep a single "
-                          "Dropout(0.2-0.3) in the classifier, or none (--dropout fixed).",
-    "learning_rate_too_low": "Raise the learning rate{lr} (for Adam, 5e-4 is the seed's next step).",
+    "bad_labels": "Give labels as class indices 0..C-1 (not one-hot, not 1-based), and check that each split holds every class.",
+    "outputs_are_probabilities": "Return logits from forward(): drop the final softmax (cross-entropy applies log-softmax itself).",
+    "stochastic_eval": "Pass training=self.training to functional dropout (or use nn.Dropout), so eval mode is deterministic.",
+    "val_labels_misaligned": "Val labels must come from val/val_annotations.txt with train's sorted-wnid mapping.",
+    "train_labels_unlearnable": "Train labels carry no signal: check that each class folder holds that class's images.",
     "learning_rate_too_high": "Lower the learning rate{lr}, and warm it up over the first epochs.",
-    "non_finite_loss": "Lower the learning rate or add warmup / gradient clipping; check inputs for NaN.",
-    "val_labels_misaligned": "Val labels must come from val/val_annotations.txt with train's sorted-wnid "
-                             "mapping (never from val/ folders); check or restore the annotation file.",
-    "train_labels_unlearnable": "Train labels carry no signal: check that train/<wnid>/images holds that "
-                                "class's images and that labels are the sorted wnids.",
-    "input_not_normalized": "Normalize inputs with Tiny ImageNet's mean/std (the default pipeline does).",
-    "vanishing_gradients": "Use BatchNorm or residual connections, and Kaiming initialization.",
+    "learning_rate_too_low": "Raise the learning rate{lr} (for Adam, 5e-4 is the seed's next step).",
+    "dropout_too_strong": "Remove dropout from conv stages and blocks; keep one Dropout(0.2-0.3) in the classifier, or none.",
+    "weight_decay_too_strong": "Lower the weight decay (5e-4 for SGD; AdamW 0.05 or less).",
+    "input_not_normalized": "Standardize inputs per channel (ToTensor() then Normalize(mean, std)).",
+    "frozen_parameters": "Give every parameter to the optimizer with requires_grad=True, and remove the detach().",
+    "batches_not_shuffled": "Shuffle the training batches (DataLoader(..., shuffle=True)).",
+    "non_finite_loss": "Lower the learning rate or clip gradients; check the loss for log(0) and the inputs for NaN.",
+    "collapsed_outputs": "The outputs do not depend on the input: check the initialization (biases, dead ReLUs) and the forward path.",
+    "dead_units": "Lower the learning rate; check the initialization and biases (or add BatchNorm).",
+    "vanishing_gradients": "Use BatchNorm or residual connections, ReLU rather than sigmoid/tanh, and Kaiming initialization.",
     "exploding_gradients": "Lower the learning rate, clip gradients, check the initialization.",
-    "dead_units": "Lower the learning rate; check initialization and biases (or use BatchNorm).",
 }
-
-
-@dataclass
-class Evidence:
-    """Everything measured for one model; the verdict reads only this."""
-    num_classes: int
-    checks: dict                        # name -> Check (data and model checks)
-    base: FitRun                        # the fixed-batch fit with the configuration as given
-    interventions: list                 # FitRuns with one thing changed
-    epochs: list                        # history rows (val_acc, probe_acc, train_loss, ...)
-    val_test: ChanceTest | None         # last epoch's val accuracy vs chance
-    probe_test: ChanceTest | None       # last epoch's held-out train accuracy vs chance
-    full_data: bool                     # trained on the full official train split
-    nonfinite: tuple | None = None      # (epoch, step, value) if training hit NaN/inf
-    control: dict | None = None         # {"cause", "change", "epochs", "val_acc"} of a rerun with the fix
-    learning: str = ""                  # "learning", "slow", "stuck" or "diverged" (set by judge)
-    reasons: list = field(default_factory=list)
 
 
 @dataclass
@@ -63,158 +58,232 @@ class Cause:
     id: str
     score: float
     evidence: list
+    tier: int = 1                       # 0: decisive or confirmed by a control; 1: root cause; 2: symptom
+    where: list = field(default_factory=list)   # modules or file:line the evidence points at
+    refuted: bool = False               # its control ran and did not fix the run: ranked after the rest
 
     def to_json(self) -> dict:
-        return {"id": self.id, "score": round(self.score, 2), "evidence": self.evidence}
+        return {"id": self.id, "score": round(self.score, 3), "evidence": self.evidence, "where": self.where}
 
 
-def control_gain(ev: Evidence) -> float:
-    """How many times more the control learned than the run: val top-1 above chance, control / run.
-
-    Measured above chance, not as raw accuracies: on 10 real classes the legacy run ended at 11.0%
-    (chance 10%, p = 0.25) and its control at 17.2%, which is 1.6x raw but 7.2x above chance. 0 when
-    the control is not significantly above chance itself; inf when only the control is above chance.
-    """
-    chance = 100.0 / ev.num_classes
-    n = ev.val_test.n if ev.val_test is not None else 0
-    if not ev.control or not n or not above_chance(ev.control["val_acc"], n, ev.num_classes).significant:
-        return 0.0
-    run = (ev.epochs[-1]["val_acc"] if ev.epochs else 0.0) - chance
-    return (ev.control["val_acc"] - chance) / run if run > 0 else math.inf
-
-
-def describe_control(ev: Evidence) -> str:
-    gain = control_gain(ev)
-    run = ev.epochs[-1]["val_acc"] if ev.epochs else float("nan")
-    ratio = "only the control is above chance" if math.isinf(gain) else f"{gain:.1f}x above chance"
-    return (f"control run with {ev.control['change']}: val top-1 {ev.control['val_acc']:.2f}% vs {run:.2f}% "
-            f"({ratio}; same data, seed and epochs)")
+@dataclass
+class Evidence:
+    """Everything measured for one model; the verdict reads only this."""
+    num_classes: int
+    checks: dict                          # name -> Check
+    base: FitRun | None = None            # the fixed-batch fit as given
+    fits: list = field(default_factory=list)          # FitRuns with one change each
+    run: RunResult | None = None          # the short training as given
+    val_test: object = None               # stats.ChanceTest of the last epoch's val predictions
+    probe_test: object = None
+    gap_test: object = None               # stats.TwoSample: held-out train above val?
+    controls: list = field(default_factory=list)      # {"cause", "change", "result", "test"}
+    status: str = ""                      # learning | stuck | undecided | diverged | not trained
+    reasons: list = field(default_factory=list)
+    full_data: bool = False
 
 
-def judge_learning(ev: Evidence) -> tuple[str, list]:
-    """"diverged", "stuck" (no significant progress), "slow" (significant, too little) or "learning"."""
-    if ev.nonfinite:
-        e, s, v = ev.nonfinite
-        return "diverged", [f"loss became {v} at epoch {e}, step {s}"]
-    if not ev.epochs or ev.val_test is None:
-        return "stuck", ["no epoch completed"]
-    if not ev.val_test.significant:
-        return "stuck", [f"val top-1 {ev.val_test.describe()}"]
-    signal = ev.checks.get("train_label_signal")
-    if ev.probe_test is not None and not ev.probe_test.significant and signal is not None \
-            and signal.status == "warn":
-        # Measured on 10 synthetic classes with train images shuffled across folders: val reached 22%
-        # (p = 3e-4) while held-out train images stayed at 4%. The likely reading: the model maps each true class
-        # to one folder and by chance 2 of 10 maps are right, so val images are not independent trials.
-        # A model that cannot predict its own held-out train labels, on labels in which a model-free
-        # check finds no signal either, has not learned the task, whatever val says.
-        return "stuck", [f"model on held-out train images: {ev.probe_test.describe()}",
-                         f"val top-1 {ev.val_test.describe()}, but not on its own train labels"]
-    reasons = []
-    if ev.full_data:
-        for epoch, need in SEED_THRESHOLDS.items():
-            if epoch <= len(ev.epochs) and ev.epochs[epoch - 1]["val_acc"] <= need:
-                reasons.append(f"val top-1 {ev.epochs[epoch - 1]['val_acc']:.2f}% after epoch {epoch}, "
-                               f"the seed expects > {need}%")
-    if ev.control and control_gain(ev) >= CONTROL_GAIN:
-        reasons.append(describe_control(ev))
-    fit = ev.checks.get("fit_batch")
-    if (fit.status == "fail") if fit is not None else not ev.base.fitted:
-        reasons.append(f"cannot fit a small fixed batch: {ev.base.describe()}")
-    return ("slow" if reasons else "learning"), reasons or [f"val top-1 {ev.val_test.describe()}"]
+def fit_gain(base: FitRun, run: FitRun, ln_c: float) -> float:
+    """Loss removed by the change beyond the base fit, as a fraction of ln C (diverged = 2 ln C)."""
+    def end(r):
+        return 2 * ln_c if (r.nonfinite or not r.losses) else min(r.final, 2 * ln_c)
+    return (end(base) - end(run)) / ln_c
+
+
+def judge_learning(ev: Evidence) -> str:
+    if ev.run is None:
+        return "not trained"
+    if ev.run.nonfinite:
+        e, s, v = ev.run.nonfinite
+        ev.reasons.append(f"loss became {v} at epoch {e}, step {s}")
+        return "diverged"
+    ev.reasons.append(f"val top-1 {ev.val_test.describe()}")
+    if ev.val_test.significant:
+        return "learning"
+    p0 = 1 / ev.num_classes
+    p1 = min(0.999, POWER_EFFECT * p0)
+    if power(ev.val_test.n, p0, p1) >= 0.8:
+        return "stuck"
+    ev.reasons.append(f"{ev.val_test.n} val images cannot tell {100 * p1:.2g}% from chance {100 * p0:.2g}% "
+                      f"(power {power(ev.val_test.n, p0, p1):.2f}); about {required_n(p0, p1):,} would")
+    return "undecided"
+
+
+def _control_for(ev: Evidence, cause: str):
+    return next((c for c in ev.controls if c["cause"] == cause), None)
 
 
 def rank_causes(ev: Evidence) -> list[Cause]:
+    import math as _m
+
+    ln_c = _m.log(ev.num_classes)
     found: dict[str, Cause] = {}
+    failing = ev.status not in ("learning", "not trained")
+    base = ev.base
 
-    def add(cause: str, score: float, *evidence: str) -> None:
-        c = found.setdefault(cause, Cause(cause, 0.0, []))
-        c.score = max(c.score, score)
+    def add(cid, score, tier, *evidence, where=()):
+        c = found.setdefault(cid, Cause(cid, 0.0, [], tier))
+        c.score, c.tier = max(c.score, score), min(c.tier, tier)
         c.evidence += [e for e in evidence if e not in c.evidence]
+        c.where += [w for w in where if w not in c.where]
 
-    runs = {r.name: r for r in ev.interventions}
-    ups = [r for r in ev.interventions if r.name.startswith("lr_x")]
-    downs = [r for r in ev.interventions if r.name.startswith("lr_div")]
-    base, failing = ev.base, ev.learning not in ("learning", "preflight ok")
-    base_txt = f"fixed batch, {base.describe()}"
+    chk = ev.checks.get
+    # ---- decisive measurements: reported whatever training did
+    if chk("labels") and chk("labels").status == "fail":
+        add("bad_labels", 1.0, 0, chk("labels").detail)
+    out = chk("output_kind")
+    if out and out.status == "fail":
+        add("outputs_are_probabilities", 1.0, 0, out.detail)
+    det = chk("eval_determinism")
+    if det and det.status == "fail":
+        add("stochastic_eval", 1.0, 0, det.detail, where=list(det.data["sites"]))
+    ent = chk("batch_label_entropy")  # sorted batches are a bug whatever this short run shows
+    if ent and ent.status == "warn":
+        add("batches_not_shuffled", 1 - ent.data["ratio"], 1, ent.detail)
+    ann = chk("val_annotations")
+    if ann and ann.status == "fail":
+        add("val_labels_misaligned", ann.data["mismatches"] / max(1, ann.data["n"]), 0, ann.detail)
 
-    if ev.nonfinite:
-        e, s, v = ev.nonfinite
-        add("non_finite_loss", 0.9, f"training loss became {v} at epoch {e}, step {s}")
-    if base.nonfinite:
-        add("non_finite_loss", 0.7, base_txt)
-    if base.diverged:
-        rescued = [r for r in downs if r.fitted]
-        add("learning_rate_too_high", 0.95 if rescued else 0.6, base_txt,
-            *(f"intervention: {r.describe()}" for r in downs))
-    elif not base.fitted:
-        best_up = min(ups, key=lambda r: r.final, default=None)
-        if best_up and (best_up.fitted or best_up.progress > base.progress + 0.3):
-            add("learning_rate_too_low", 0.9 if best_up.fitted else 0.7, base_txt,
-                *(f"intervention: {r.describe()}" for r in ups))
-        nd = runs.get("no_dropout")
-        if nd and (nd.fitted or nd.progress > base.progress + 0.3):
-            audit = ev.checks.get("dropout_audit")
-            bonus = 0.05 if audit is not None and audit.status != "pass" else 0.0
-            add("dropout_too_strong", (0.9 if nd.fitted else 0.7) + bonus, base_txt, f"intervention: {nd.describe()}",
-                *([audit.detail] if bonus else []))
-    audit = ev.checks.get("dropout_audit")
-    if failing and audit is not None and audit.status != "pass":
-        add("dropout_too_strong", 0.4, audit.detail)
+    # ---- experiments: only when the run fails
+    if failing and base is not None:
+        stalled = base.losses and (1 - base.final / base.initial) < STALLED if base.initial > 0 else False
+        strong_run = ev.status in ("stuck", "diverged") or stalled
+        fits = {r.name: r for r in ev.fits}
 
-    probe_ok = ev.probe_test is not None and ev.probe_test.significant
-    val_ok = ev.val_test is not None and ev.val_test.significant
-    trained = bool(ev.epochs) and not ev.nonfinite
-    ann = ev.checks.get("val_annotations")
-    if ann is not None and ann.status == "fail":
-        add("val_labels_misaligned", 1.0, ann.detail)
-    train_signal, val_signal = ev.checks.get("train_label_signal"), ev.checks.get("val_label_signal")
-    if train_signal is not None and val_signal is not None and train_signal.status == "pass" \
-            and val_signal.status == "warn":  # model-free: train labels predict train, not val
-        add("val_labels_misaligned", 0.8, f"held-out train: {train_signal.detail}", f"val: {val_signal.detail}")
-    if trained and not val_ok and probe_ok:
-        add("val_labels_misaligned", 0.95, f"model on held-out train images: {ev.probe_test.describe()}",
-            f"model on val: {ev.val_test.describe()}")
-    no_signal = train_signal is not None and train_signal.status == "warn"
-    if no_signal and (failing or not trained):
-        evidence = [f"held-out train: {train_signal.detail}"]
-        if trained and not probe_ok:
-            evidence.append(f"model on held-out train images: {ev.probe_test.describe()}")
-        if base.fitted:
-            evidence.append(f"{base_txt} (it can memorize, so the model is not the problem)")
-        add("train_labels_unlearnable", 0.9 if base.fitted else 0.6, *evidence)
-    inputs = ev.checks.get("input_stats")
-    if inputs is not None and inputs.status == "fail":
-        fixed = runs.get("normalized")
-        add("input_not_normalized", 0.9 if fixed is not None and fixed.fitted else 0.6, inputs.detail,
-            *([f"intervention: {fixed.describe()}"] if fixed else []))
-    if failing:
-        for check, cause, score in (("vanishing_gradients", "vanishing_gradients", 0.4),
-                                    ("exploding_gradients", "exploding_gradients", 0.5),
-                                    ("dead_units", "dead_units", 0.3)):
-            c = ev.checks.get(check)
-            if c is not None and c.status != "pass":
-                add(cause, score + (0.2 if c.status == "fail" else 0.0), c.detail)
+        def fit_evidence(cid, runs, extra=(), where=(), dose_response=False):
+            # A stalled base whose loss falls further at every x10 of the lr is the lr-too-low
+            # signature even when no single step clears the margin (lr 1e-7: x1000 is still slow).
+            margin = 0.0 if dose_response and stalled else FIT_MARGIN
+            useful = [r for r in runs if fit_gain(base, r, ln_c) >= max(margin, 1e-3) and not base.fitted]
+            if useful:
+                best = max(useful, key=lambda r: fit_gain(base, r, ln_c))
+                gain = fit_gain(base, best, ln_c)
+                text = [f"fixed batch: {base.describe()}"] + [f"one change: {r.describe()}" for r in runs] + list(extra)
+                if strong_run:
+                    add(cid, min(1.0, gain), 1, *text, where=where)
+                return gain
+            return 0.0
 
-    if ev.control:  # the rerun with the top cause removed is the strongest evidence there is
-        c = found.get(ev.control["cause"])
-        if c is not None:
-            c.score = min(1.0, c.score + 0.1) if control_gain(ev) >= CONTROL_GAIN else c.score * 0.6
-            c.evidence.append(describe_control(ev))
+        ups = sorted([r for r in ev.fits if r.name.startswith("lr_x")], key=lambda r: r.lr)
+        downs = sorted([r for r in ev.fits if r.name.startswith("lr_div")], key=lambda r: -r.lr)
+        if base.diverged or (ev.run is not None and ev.run.nonfinite):
+            fit_evidence("learning_rate_too_high", downs)
+        else:
+            finals = [base.final] + [r.final for r in ups]
+            monotone = all(b < a for a, b in zip(finals, finals[1:]))
+            dose = monotone and len(ups) > 1
+            fit_evidence("learning_rate_too_low", ups, dose_response=dose,
+                         extra=[f"dose-response: loss after the fit falls at every x10 of the lr "
+                                f"({' -> '.join(f'{v:.3f}' for v in finals)})"] if dose else [])
+        sites = chk("dropout_sites").data["sites"] if chk("dropout_sites") else {}
+        if "no_dropout" in fits:
+            fit_evidence("dropout_too_strong", [fits["no_dropout"]], extra=[chk("dropout_sites").detail], where=list(sites))
+        if "standardized" in fits:
+            gain = fit_evidence("input_not_normalized", [fits["standardized"]], extra=[chk("input_stats").detail])
+            stats = chk("input_stats").data
+            scale = max(max(abs(m) for m in stats["mean"]), max(stats["std"]), 1 / max(min(stats["std"]), 1e-9))
+            if not gain and strong_run and scale > 5:  # raw pixels, say: measured far off, let the control decide
+                add("input_not_normalized", min(1.0, math.log10(scale) / 2), 1, chk("input_stats").detail,
+                    f"one change: {fits['standardized'].describe()}")
+        if "no_weight_decay" in fits:
+            fit_evidence("weight_decay_too_strong", [fits["no_weight_decay"]], extra=[chk("weight_decay").detail])
+        if "log_outputs" in fits and "outputs_are_probabilities" in found:
+            found["outputs_are_probabilities"].evidence.append(f"one change: {fits['log_outputs'].describe()}")
+        frozen = {n: why for n, why in base.frozen.items() if "zero" not in why}
+        if frozen:
+            modules = sorted({n.rsplit(".", 1)[0] for n in frozen})
+            text = f"{len(frozen)} parameter tensors never changed in {len(base.losses)} steps: " + \
+                   "; ".join(f"{n} ({why})" for n, why in list(frozen.items())[:6])
+            gain = fit_evidence("frozen_parameters", [fits["unfreeze"]] if "unfreeze" in fits else [], extra=[text],
+                                where=modules)
+            if not gain and strong_run:
+                add("frozen_parameters", 1.0 if ev.status == "stuck" else 0.5, 1, text, where=modules)
 
-    order = {cid: i for i, cid in enumerate(CAUSES)}
-    ranked = sorted((c for c in found.values() if c.score >= 0.3), key=lambda c: (-c.score, order[c.id]))
-    return ranked
+        # ---- labels, from the model's held-out predictions and the model-free 1-NN check
+        sig = chk("label_signal")
+        if ev.gap_test is not None and ev.gap_test.significant and not ev.val_test.significant:
+            add("val_labels_misaligned", evidence_score(ev.gap_test.p_value, 1.0), 1,
+                f"model: {ev.gap_test.describe('val', 'held-out train')}")
+        if sig is not None and sig.data["gap"].significant and not sig.data["val"].significant:
+            add("val_labels_misaligned", evidence_score(sig.data["gap"].p_value, 1.0), 1, sig.detail)
+        if sig is not None and not sig.data["probe"].significant and ev.probe_test is not None \
+                and not ev.probe_test.significant and power(sig.data["probe"].n, 1 / ev.num_classes,
+                                                            min(0.999, 3 / ev.num_classes)) >= 0.8:
+            add("train_labels_unlearnable", 1 - sig.data["probe"].p_value, 1, sig.detail,
+                f"model on held-out train images: {ev.probe_test.describe()}")
+
+        # ---- symptoms, measured during the failing run
+        run = ev.run
+        if run is not None and run.nonfinite:
+            e, s, v = run.nonfinite
+            add("non_finite_loss", 1.0, 2, f"training loss became {v} at epoch {e}, step {s}")
+        if run is not None and run.history and run.input_dependence < 1e-3:
+            add("collapsed_outputs", 1.0, 2, f"logits vary across inputs by {run.input_dependence:.2e} "
+                "(std of row-centered logits, val batch): the outputs ignore the input")
+        if run is not None and run.dead:
+            site, frac = max(run.dead.items(), key=lambda kv: kv[1])
+            if frac >= 0.9:
+                add("dead_units", frac, 2, f"{100 * frac:.0f}% of the units at {site} never active on a batch "
+                    "after training", where=[site])
+        if run is not None and run.grad_rows:
+            _gradient_symptoms(run, add)
+
+    # ---- controls: the strongest evidence, and what puts a root cause first
+    for ctl in ev.controls:
+        t = ctl["test"]
+        text = (f"control run with {ctl['change']}: val top-1 {ctl['acc']:.2f}% vs {ctl['base_acc']:.2f}% "
+                f"({t.describe('base run', 'control')}; same data, seed and epochs)")
+        base_ex = max(0.0, ctl["base_acc"] - 100 / ev.num_classes)
+        ctl_ex = max(1e-9, ctl["acc"] - 100 / ev.num_classes)
+        effect = max(0.0, min(1.0, 1 - base_ex / ctl_ex))
+        above = ctl["chance"]
+        if t.significant and above.significant:  # better than the run, and learning at all
+            add(ctl["cause"], evidence_score(t.p_value, effect), 0, text, f"control: {above.describe()}")
+        elif ctl["cause"] in found:  # the fix did not fix the run: evidence against this cause
+            c = found[ctl["cause"]]
+            c.evidence.append(f"{text}; control: {above.describe()} - not confirmed")
+            c.refuted = c.tier > 0
+    causes = list(found.values())
+    if any(c.id in ROOT for c in causes):  # a root cause explains the symptoms: they follow it
+        for c in causes:
+            if c.id in SYMPTOMS:
+                c.tier = 2
+    elif causes:  # nothing upstream explains them: the symptom itself is the finding
+        for c in causes:
+            c.tier = min(c.tier, 1)
+    return sorted(causes, key=lambda c: (c.tier, c.refuted, -c.score, CAUSES.index(c.id)))
+
+
+def _gradient_symptoms(run: RunResult, add) -> None:
+    by_step: dict[int, list] = {}
+    for r in run.grad_rows:
+        by_step.setdefault(r["step"], []).append(r)
+    spreads, ratios, finite = [], [], True
+    for step, rows in by_step.items():
+        g = [r["grad_norm"] for r in rows]
+        finite &= all(math.isfinite(v) for v in g)
+        live = [v for v in g if math.isfinite(v)]
+        if step > 0 and live and max(live) > 0:
+            spreads.append(min(live) / max(live))
+        ratios += [r["grad_norm"] / (r["weight_norm"] + 1e-12) for r in rows if math.isfinite(r["grad_norm"])]
+    if spreads:
+        spreads.sort()
+        median = spreads[len(spreads) // 2]
+        if median < 1e-5:
+            add("vanishing_gradients", min(1.0, -math.log10(median + 1e-30) / 10), 2,
+                f"median over {len(spreads)} sampled steps of smallest/largest layer gradient norm: {median:.1e}")
+    top = max(ratios, default=0.0)
+    if not finite or top > 10:
+        add("exploding_gradients", 1.0 if not finite else min(1.0, math.log10(top) / 3), 2,
+            "non-finite gradients during training" if not finite else f"largest gradient/weight norm ratio {top:.2e}")
 
 
 def suggestions_for(causes: list[Cause], ev: Evidence) -> list[str]:
     out = []
     for c in causes:
         lr = ""
-        if c.id in ("learning_rate_too_low", "learning_rate_too_high"):
-            fits = [r for r in ev.interventions if r.name.startswith("lr_") and r.fitted]
-            lr = f" (the fixed batch fits at lr {fits[0].lr:g})" if fits else ""
+        if c.id.startswith("learning_rate"):
+            fits = [r for r in ev.fits if r.name.startswith("lr_") and r.fitted]
+            lr = f" (the fixed batch fits at lr {fits[0].lr:.3g})" if fits else ""
         out.append(SUGGESTIONS[c.id].format(lr=lr))
     return out
-
-

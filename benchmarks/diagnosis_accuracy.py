@@ -1,0 +1,193 @@
+"""How often the quick diagnosis names the right cause: planted faults and healthy set-ups, scored.
+
+    python benchmarks/diagnosis_accuracy.py --quick                   # 6 faults + 2 healthy, one seed (< 5 min)
+    python benchmarks/diagnosis_accuracy.py --json rows.json          # every set-up, seeds 0 and 1 (< 60 min)
+    python benchmarks/diagnosis_accuracy.py --only softmax_head not_shuffled --seeds 0
+    python benchmarks/diagnosis_accuracy.py --list                    # the set-ups and their severities
+
+Each set-up (benchmarks/faults.py) injects one fault the way users make it into a user-style or
+registry model on the real Tiny ImageNet subset, or is healthy; `tinyimagenet.diagnosis.diagnose`
+runs on it at a CPU-sized config (below), and the report is scored:
+- faulty set-up, right: the injected cause is the top cause. A symptom cause (non_finite_loss,
+  collapsed_outputs, dead_units, vanishing/exploding_gradients) is also right when the set-up's
+  documented root cause (`Setup.root`, e.g. learning_rate_too_high for an SGD lr of 10) is top
+  and the symptom is listed: the report explains the symptom by its root, which is what verdict.py
+  promises. The rank of the injected cause is shown either way.
+- healthy set-up, false alarm: the verdict is FAIL or any cause is reported. INCONCLUSIVE with no
+  cause is no alarm (small data can honestly be undecided).
+Prints one row per run, recall per cause, Wilson 95% intervals for the totals, and last the line
+`top1_recall: R false_alarm_rate: F` (targets: R >= 0.9, F = 0). Exit code 0 whatever the scores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep (shared 2-core box)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from faults import PROBE_PER_CLASS, SETUPS, TRAIN_PER_CLASS, VAL_PER_CLASS, Pool  # noqa: E402
+
+from tinyimagenet.diagnosis import DiagnosisConfig, diagnose  # noqa: E402
+from tinyimagenet.diagnosis.stats import wilson_interval  # noqa: E402
+from tinyimagenet.diagnosis.verdict import CAUSES  # noqa: E402
+from tinyimagenet.loaders import load_data  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SUBSET_ZIP = REPO.parent / "shared" / "data" / "tiny-imagenet-200-subset.zip"
+
+# The diagnosis at a size the shared 2-core CPU runs in ~10-60 s per set-up: 3 epochs (2 are not
+# enough for the healthy UserCNN to beat chance on 200 val images at alpha 1e-3), the 50-step
+# fixed-batch fits, and one control run (each costs a full training run; the first one decides).
+CONFIG = dict(epochs=3, fit_batch=8, fit_steps=50, max_controls=1, device="cpu", progress=False,
+              probe_per_class=PROBE_PER_CLASS)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="the set-ups marked quick, seed 0 only (< 5 min)")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these set-ups")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default 0 1; --quick: 0)")
+    p.add_argument("--json", metavar="FILE", help="write the rows here (rewritten after every run)")
+    p.add_argument("--data-dir", default=os.environ.get("TINYIMAGENET_ROOT"),
+                   help="tiny-imagenet-200 or its parent (default $TINYIMAGENET_ROOT, else the subset zip "
+                        "in ../shared/data extracted to a temp folder)")
+    p.add_argument("--list", action="store_true", help="print the set-ups and exit")
+    return p
+
+
+def _data_dir(arg: str | None) -> str:
+    if arg:
+        return arg
+    if not SUBSET_ZIP.is_file():
+        raise SystemExit(f"no --data-dir, no $TINYIMAGENET_ROOT and no {SUBSET_ZIP}")
+    out = Path(tempfile.mkdtemp(prefix="tin-accuracy-"))
+    with zipfile.ZipFile(SUBSET_ZIP) as zf:
+        zf.extractall(out)
+    return str(out)
+
+
+def score(setup, report: dict) -> dict:
+    """One row: what the report said, and whether that is right for this set-up."""
+    ids = [c["id"] for c in report.get("causes", [])]
+    top = ids[0] if ids else "-"
+    row = dict(setup=setup.name, cause=setup.cause or "healthy", arch=setup.arch, severity=setup.severity,
+               verdict=report["verdict"], top=top, causes=ids, learning=report.get("learning"),
+               seconds=round(report["seconds"], 1))
+    if setup.cause is None:
+        row["rank"] = "-"
+        row["correct"] = report["verdict"] != "FAIL" and not ids
+    else:
+        row["rank"] = ids.index(setup.cause) + 1 if setup.cause in ids else "-"
+        row["correct"] = top == setup.cause or (setup.root is not None and top == setup.root and setup.cause in ids)
+    if not row["correct"]:  # what the lead needs to fix the diagnosis: the evidence of each cause
+        row["evidence"] = {c["id"]: c["evidence"][:4] for c in report.get("causes", [])}
+        row["reasons"] = report.get("reasons", [])
+        row["fit"] = [f"{f['name']}: {f['losses'][:1]} -> {f['losses'][-1:]}" for f in report.get("fit", [])]
+    return row
+
+
+def run_one(setup, pool: Pool, seed: int) -> dict:
+    kw = setup.make(pool, seed)
+    cfg = DiagnosisConfig(**{**CONFIG, "seed": seed, **kw.pop("config", {})})
+    t0 = time.perf_counter()
+    try:
+        report = diagnose(kw.pop("model"), config=cfg, name=setup.name, **kw)
+    except Exception as err:  # a crash is a miss, and worth a report of its own
+        report = {"verdict": f"ERROR {type(err).__name__}: {err}"[:120], "causes": [],
+                  "seconds": time.perf_counter() - t0}
+    row = score(setup, report)
+    row["seed"] = seed
+    return row
+
+
+def _fmt(row) -> str:
+    mark = "ok " if row["correct"] else "MISS"
+    return (f"{mark} {row['setup']:<36} {row['seed']:>4} {row['cause']:<26} {row['verdict']:<12} "
+            f"{row['top']:<26} {str(row['rank']):>4} {row['seconds']:>6.1f}")
+
+
+def summary(rows: list) -> tuple[float, float]:
+    faulty = [r for r in rows if r["cause"] != "healthy"]
+    healthy = [r for r in rows if r["cause"] == "healthy"]
+    print("\nrecall per cause (top-1 by the rule above):")
+    for cid in CAUSES:
+        rs = [r for r in faulty if r["cause"] == cid]
+        if rs:
+            print(f"  {cid:<26} {sum(r['correct'] for r in rs)}/{len(rs)}")
+    missing = [c for c in CAUSES if not any(r["cause"] == c for r in faulty)]
+    if missing:
+        print(f"  not injected in this run: {', '.join(missing)}")
+    k_r, n_r = sum(r["correct"] for r in faulty), len(faulty)
+    k_f, n_f = sum(not r["correct"] for r in healthy), len(healthy)
+    recall = k_r / n_r if n_r else float("nan")
+    alarms = k_f / n_f if n_f else float("nan")
+    for label, k, n in (("top-1 recall", k_r, n_r), ("false alarms", k_f, n_f)):
+        if n:
+            lo, hi = wilson_interval(k, n)
+            print(f"{label}: {k}/{n} = {k / n:.2f}, 95% Wilson interval [{lo:.2f}, {hi:.2f}]")
+    t = sum(r["seconds"] for r in rows)
+    print(f"{len(rows)} runs, {t:.0f} s in diagnose()")
+    return recall, alarms
+
+
+def main(argv=None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    setups = SETUPS
+    if args.list:
+        for s in setups:
+            print(f"{s.name:<36} {s.cause or 'healthy':<26} {s.arch:<24} {s.severity}{'  [quick]' if s.quick else ''}")
+        return {}
+    if args.only:
+        unknown = set(args.only) - {s.name for s in setups}
+        if unknown:
+            raise SystemExit(f"unknown set-up(s): {' '.join(sorted(unknown))} (see --list)")
+        setups = [s for s in setups if s.name in args.only]
+    elif args.quick:
+        setups = [s for s in setups if s.quick]
+    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1])
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    t0 = time.perf_counter()
+    # Loaded once: every class (the 200-class preflight set-up) and as many images per class as
+    # the largest cut needs; each set-up takes its cut of these tensors.
+    data = load_data(_data_dir(args.data_dir), train_per_class=TRAIN_PER_CLASS, val_per_class=VAL_PER_CLASS,
+                     progress=False)
+    pool = Pool(data)
+    print(f"{len(setups)} set-ups x seeds {seeds}; data loaded in {time.perf_counter() - t0:.0f} s\n")
+    print(f"     {'set-up':<36} {'seed':>4} {'injected cause':<26} {'verdict':<12} {'top cause':<26} "
+          f"{'rank':>4} {'sec':>6}")
+    rows = []
+    for seed in seeds:
+        for s in setups:
+            rows.append(run_one(s, pool, seed))
+            print(_fmt(rows[-1]), flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
+    misses = [r for r in rows if not r["correct"]]
+    if misses:
+        print("\nmisdiagnoses (causes listed, their first evidence lines, the verdict's reasons):")
+        for r in misses:
+            print(f"- {r['setup']} seed {r['seed']}: verdict {r['verdict']}, learning {r.get('learning')}, "
+                  f"causes {r['causes']}")
+            for cid, ev in r.get("evidence", {}).items():
+                print(f"    {cid}: " + " | ".join(ev)[:400])
+            for line in r.get("reasons", [])[:3]:
+                print(f"    reason: {line}"[:300])
+    recall, alarms = summary(rows)
+    print(f"wall time {time.perf_counter() - t0:.0f} s")
+    print(f"top1_recall: {recall:.3f} false_alarm_rate: {alarms:.3f}")
+    return {"rows": rows, "top1_recall": recall, "false_alarm_rate": alarms}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Measurements that need no training: the data, the labels, the batches, the model at init.
+
+Each returns a `Check` (name, pass|warn|fail|info, one readable sentence with the numbers, and the
+raw numbers in `data`). A check never names a cause by itself: the verdict (verdict.py) turns
+decisive measurements and experiments into causes. Nothing here trains or changes the model.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .probes import ForwardProbe
+from .stats import ALPHA, chance_test, two_proportion_test
+
+
+@dataclass
+class Check:
+    name: str                                  # e.g. "input_stats"
+    status: str                                # "pass", "warn", "fail" or "info"
+    detail: str                                # one readable sentence with the numbers
+    data: dict = field(default_factory=dict)   # the measurements themselves
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "status": self.status, "detail": self.detail}
+
+
+# ------------------------------------------------------------------------ the repo's label files
+def annotation_check(root: str, classes: list, val_files: list, val_targets: torch.Tensor) -> Check | None:
+    """The loaded val labels against val/val_annotations.txt (the repo's own data only)."""
+    if not root:
+        return None
+    path = Path(root) / "val" / "val_annotations.txt"
+    if not path.is_file():  # a rearranged val/<wnid>/images copy: the folders are the only labels
+        return Check("val_annotations", "warn", f"{path} is absent: val labels come from the val/<wnid> folder "
+                     "names, with nothing to cross-check them against", {"mismatches": 0, "n": len(val_targets)})
+    from ..data import read_val_annotations
+
+    truth = dict(read_val_annotations(Path(root)))
+    idx = {w: i for i, w in enumerate(classes)}
+    expected = torch.tensor([idx.get(truth.get(f, ""), -1) for f in val_files])
+    mismatches = int((expected != val_targets).sum())
+    return Check("val_annotations", "fail" if mismatches else "pass",
+                 f"{mismatches} of {len(expected)} loaded val labels differ from {path}",
+                 {"mismatches": mismatches, "n": len(expected)})
+
+
+# ------------------------------------------------------------------- label signal, model-free
+def _tiny_features(images: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Images (N,H,W,3 uint8 or N,C,H,W float) -> unit vectors of 8x8 pooled pixels, mean removed."""
+    out = []
+    for i in range(0, len(images), chunk):
+        x = images[i:i + chunk]
+        x = (x.permute(0, 3, 1, 2) if x.dtype == torch.uint8 else x).float()
+        x = F.adaptive_avg_pool2d(x, 8).flatten(1)
+        out.append(F.normalize(x - x.mean(1, keepdim=True), dim=1))
+    return torch.cat(out)
+
+
+def nearest_neighbour_preds(ref_images, ref_targets, query_images) -> torch.Tensor:
+    """1-nearest-neighbour labels on 8x8 pixels: does a label predict its images, without a model?"""
+    ref = _tiny_features(ref_images)
+    preds = []
+    for i in range(0, len(query_images), 2048):
+        preds.append(ref_targets[(_tiny_features(query_images[i:i + 2048]) @ ref.T).argmax(1)])
+    return torch.cat(preds)
+
+
+def label_signal(train_images, train_targets, probe_images, probe_targets, val_images, val_targets,
+                 num_classes: int) -> Check:
+    """1-NN accuracy on held-out train and on val, each against chance, and val against probe.
+
+    On the real subset this scores 4.8% on 1,000 held-out train images (chance 0.5%) and 4.0% on
+    the 10,000 val images; shuffled train labels give chance on both, misaligned val labels give
+    chance on val only. "Val below probe" is a two-sample test of the difference, not one side
+    significant and the other not (the false alarm that rule gave on 200 val images).
+    """
+    probe = chance_test(nearest_neighbour_preds(train_images, train_targets, probe_images), probe_targets, num_classes)
+    val = chance_test(nearest_neighbour_preds(train_images, train_targets, val_images), val_targets, num_classes)
+    k_p, k_v = round(probe.accuracy * probe.n / 100), round(val.accuracy * val.n / 100)
+    gap = two_proportion_test(k_v, val.n, k_p, probe.n)  # is probe (2) above val (1)?
+    status = "warn" if (not probe.significant) or gap.significant else "pass"
+    return Check("label_signal", status,
+                 f"1-NN on 8x8 pixels, held-out train: {probe.describe()}; val: {val.describe()}; "
+                 f"{gap.describe('val', 'held-out train')}",
+                 {"probe": probe, "val": val, "gap": gap})
+
+
+# --------------------------------------------------------------------------- inputs and batches
+def input_stats(x: torch.Tensor) -> Check:
+    """Per-channel mean and std of the batches the model actually receives."""
+    x = x.float()
+    dims = (0, 2, 3) if x.ndim == 4 else 0
+    mean, std = x.mean(dims), x.std(dims)
+    off = bool((mean.abs() > 1.0).any() or (std < 0.2).any() or (std > 5.0).any())
+    return Check("input_stats", "warn" if off else "pass",
+                 f"model inputs: mean {[round(v, 2) for v in mean.tolist()]}, std {[round(v, 2) for v in std.tolist()]} "
+                 "per channel (standardized: ~0 and ~1)", {"mean": mean.tolist(), "std": std.tolist(), "off": off})
+
+
+def batch_label_entropy(loader, num_classes: int, batches: int = 20) -> Check:
+    """Label entropy within training batches, relative to what shuffled batches of that size get.
+
+    A DataLoader with shuffle=False over class-sorted folders gives one class per batch: entropy
+    0. Shuffled batches of B images from C balanced classes have entropy near log(min(B, C)).
+    """
+    loader.set_epoch(0)
+    ratios = []
+    for k, (_, y) in enumerate(loader):
+        if k >= batches:
+            break
+        counts = torch.bincount(y.cpu(), minlength=num_classes).float()
+        p = counts[counts > 0] / len(y)
+        ideal = math.log(min(len(y), num_classes))
+        ratios.append(float(-(p * p.log()).sum()) / ideal if ideal > 0 else 1.0)
+    ratio = sum(ratios) / max(1, len(ratios))
+    return Check("batch_label_entropy", "warn" if ratio < 0.5 else "pass",
+                 f"label entropy within the first {len(ratios)} training batches: {100 * ratio:.0f}% of what "
+                 "shuffled batches of that size reach", {"ratio": ratio})
+
+
+# ------------------------------------------------------------------------------ the model at init
+def output_kind(model, x: torch.Tensor) -> Check:
+    """Logits, probabilities (non-negative, rows sum to 1) or log-probabilities (harmless under CE)."""
+    model.eval()
+    with torch.no_grad():
+        out = model(x).float()
+    row_sum_err = float((out.sum(1) - 1).abs().max())
+    log_sum_err = float(out.logsumexp(1).abs().max())
+    if bool((out >= 0).all()) and row_sum_err < 1e-4:
+        kind, status = "probabilities", "fail"
+    elif log_sum_err < 1e-4:
+        kind, status = "log-probabilities", "pass"
+    else:
+        kind, status = "logits", "pass"
+    return Check("output_kind", status,
+                 f"outputs are {kind} (min {float(out.min()):.3g}; rows sum to 1 within {row_sum_err:.1e}; "
+                 f"logsumexp 0 within {log_sum_err:.1e})",
+                 {"kind": kind, "row_sum_err": row_sum_err, "shape": list(out.shape)})
+
+
+def eval_determinism(model, x: torch.Tensor) -> Check:
+    """Two eval-mode passes over the same batch must agree; name the dropout that still runs."""
+    model.eval()
+    with torch.no_grad(), ForwardProbe(model, record=True) as probe:
+        torch.manual_seed(1)
+        a = model(x).float()
+        torch.manual_seed(2)
+        b = model(x).float()
+    diff = float((a - b).abs().max())
+    scale = float(a.abs().max()) + 1e-12
+    stochastic = diff > 1e-5 * scale
+    sites = ", ".join(f"{s} p={p:g}" for s, p in probe.eval_dropout_sites.items()) or "none found"
+    return Check("eval_determinism", "fail" if stochastic else "pass",
+                 f"two eval-mode passes over one batch differ by up to {diff:.3g} ({100 * diff / scale:.1f}% of "
+                 f"the largest output); dropout active in eval mode: {sites}",
+                 {"max_diff": diff, "sites": dict(probe.eval_dropout_sites), "stochastic": stochastic})
+
+
+def dropout_sites(model, x: torch.Tensor) -> Check:
+    """Every dropout that runs in a train-mode forward, module or functional, with its rate."""
+    model.train()
+    with torch.no_grad(), ForwardProbe(model, record=True) as probe:
+        torch.manual_seed(0)
+        model(x)
+    sites = probe.dropout_sites
+    keep = math.prod(1 - p for p in sites.values())
+    listing = ", ".join(f"{s} p={p:g}" for s, p in sites.items()) or "none"
+    return Check("dropout_sites", "info", f"{len(sites)} dropout calls per forward ({listing}); "
+                 f"product of keep-probabilities {keep:.3f}", {"sites": dict(sites), "keep": keep})
+
+
+def init_loss(model, x, y, loss_fn, num_classes: int) -> Check:
+    model.eval()
+    with torch.no_grad():
+        loss = float(loss_fn(model(x).float(), y))
+    ln_c = math.log(num_classes)
+    ok = math.isfinite(loss) and abs(loss - ln_c) < max(1.0, 0.25 * ln_c)
+    return Check("init_loss", "pass" if ok else "warn", f"loss at init {loss:.3f} vs ln({num_classes}) = {ln_c:.3f}",
+                 {"loss": loss, "ln_c": ln_c})
+
+
+__all__ = ["ALPHA", "Check", "annotation_check", "label_signal", "input_stats", "batch_label_entropy",
+           "output_kind", "eval_determinism", "dropout_sites", "init_loss", "nearest_neighbour_preds"]

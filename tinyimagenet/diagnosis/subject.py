@@ -1,0 +1,220 @@
+"""What is diagnosed: the user's model, data, loss and optimizer, turned into one `Subject`.
+
+    subject = make_subject(MyNet, train=my_train_ds, val=my_val_ds, loss_fn=my_loss,
+                           optimizer=lambda params: torch.optim.Adam(params, 1e-3), config=cfg)
+
+Everything the user passes is left untouched: an `nn.Module` is deep-copied once and every
+experiment builds its own copy from that template; a class or factory is called afresh (with
+`num_classes=C` when it takes that argument) under the same seed, so every experiment starts
+from the same weights. Data is read once into tensors (the user's transforms applied once, in
+the user's order), so every experiment sees the same images; a DataLoader keeps its batch size
+and its shuffling (or lack of it), which is what the "batches not shuffled" check is about.
+The repo's own data (a `loaders.Data`) stays uint8 and goes through `BatchLoader`.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from ..loaders import BatchLoader, Data
+
+
+class BadLabels(ValueError):
+    """The labels cannot be used as class indices (found before any training)."""
+
+
+# --------------------------------------------------------------------------------------- batches
+class TensorBatches:
+    """Batches of already-transformed images on `device`, shuffled per epoch or kept in order.
+
+    Same interface as loaders.BatchLoader (targets, set_epoch, len, iteration), so the
+    diagnosis loop treats the repo's data and the user's alike.
+    """
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int, *, shuffle: bool,
+                 device, seed: int = 0, drop_single: bool = True):
+        self.images, self.targets = images, targets
+        self.batch_size, self.shuffle, self.device, self.seed = batch_size, shuffle, torch.device(device), seed
+        self.drop_single, self.epoch = drop_single, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.targets), self.batch_size)
+        return full + (rest >= (2 if self.drop_single else 1))  # BatchNorm cannot take one image
+
+    def __iter__(self):
+        n = len(self.targets)
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        else:
+            order = torch.arange(n)
+        for step in range(len(self)):
+            idx = order[step * self.batch_size:(step + 1) * self.batch_size]
+            yield (self.images[idx].to(self.device, non_blocking=True),
+                   self.targets[idx].to(self.device, non_blocking=True))
+
+
+# ------------------------------------------------------------------------------------ the subject
+@dataclass
+class Subject:
+    name: str                                   # class or factory name, or the registry name
+    make_model: Callable[[], nn.Module]         # a fresh copy, same initial weights every call
+    loss_fn: Callable                           # (logits, targets) -> scalar loss
+    make_optimizer: Callable                    # (model) -> optimizer (the user's factory or the recipe)
+    num_classes: int
+    train_x: torch.Tensor | None                # user data: float images (N,C,H,W); None for repo data
+    train_y: torch.Tensor                       # int64 labels of the training images
+    probe_y: torch.Tensor                       # held-out train labels
+    val_y: torch.Tensor
+    batch_size: int                             # training batch size
+    shuffled: bool                              # the training batches come shuffled
+    loaders: Callable                           # (shuffle: bool|None) -> (train, probe, val) batch sources
+    user_data: bool                             # data came from the user (not the repo's Tiny ImageNet)
+    root: str = ""                              # the repo dataset's folder (label-file checks), if any
+    val_files: list = dataclasses.field(default_factory=list)
+    classes: list = dataclasses.field(default_factory=list)
+
+
+def _accepts_num_classes(fn) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "num_classes" or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def model_factory(model, num_classes: int, seed: int) -> tuple[Callable[[], nn.Module], str]:
+    """(make, name): `make()` returns a fresh model with the same initial weights every call."""
+    if isinstance(model, nn.Module):
+        template = copy.deepcopy(model)  # the user's object is never touched again
+        return (lambda: copy.deepcopy(template)), type(model).__name__
+    if not callable(model):
+        raise TypeError(f"model must be an nn.Module, a class or a factory, got {type(model).__name__}")
+    takes_c = _accepts_num_classes(model)
+
+    def make():
+        torch.manual_seed(seed)  # the caller restores the global RNG afterwards
+        built = model(num_classes=num_classes) if takes_c else model()
+        if not isinstance(built, nn.Module):
+            raise TypeError(f"{getattr(model, '__name__', model)}() returned {type(built).__name__}, not an nn.Module")
+        return built
+    return make, getattr(model, "__name__", type(model).__name__)
+
+
+def _read_all(data) -> tuple[torch.Tensor, torch.Tensor, int | None, bool]:
+    """(images, labels, batch_size or None, shuffled) from a map-style Dataset or a DataLoader."""
+    if isinstance(data, DataLoader):
+        batch_size, shuffled = data.batch_size, isinstance(data.sampler, RandomSampler)
+        dataset = data.dataset
+        order = list(range(len(dataset)))  # the loader's own order is re-created below from `shuffled`
+    elif isinstance(data, Dataset) or hasattr(data, "__getitem__"):
+        batch_size, shuffled, dataset, order = None, True, data, range(len(data))
+    else:
+        raise TypeError(f"data must be a map-style Dataset or a DataLoader, got {type(data).__name__}")
+    xs, ys = [], []
+    for i in order:
+        x, y = dataset[i][:2]
+        xs.append(torch.as_tensor(x))
+        ys.append(torch.as_tensor(y))
+    if not xs:
+        raise BadLabels("the dataset is empty")
+    x, y = torch.stack(xs).float(), torch.stack(ys)
+    if x.ndim != 4:
+        raise TypeError(f"images must be (C,H,W) tensors, got shape {tuple(xs[0].shape)}")
+    return x, y, batch_size, shuffled
+
+
+def check_labels(y: torch.Tensor, num_classes: int, split: str) -> list[str]:
+    """Problems that make labels unusable as class indices, each a readable finding."""
+    if y.ndim == 2 and y.shape[1] == num_classes and bool(((y == 0) | (y == 1)).all()):
+        return [f"{split} labels are one-hot vectors of length {num_classes}; give class indices "
+                "(y.argmax(1)) instead"]
+    if y.ndim != 1 or y.is_floating_point() and not bool((y == y.round()).all()):
+        return [f"{split} labels have shape {tuple(y.shape)} and dtype {y.dtype}; expected integer class indices"]
+    y = y.long()
+    lo, hi, found = int(y.min()), int(y.max()), []
+    if lo == 1 and hi == num_classes:
+        found.append(f"{split} labels run 1..{num_classes}: 1-based; subtract 1 (cross-entropy wants 0..{num_classes - 1})")
+    elif lo < 0 or hi >= num_classes:
+        found.append(f"{split} labels span {lo}..{hi}, outside [0, {num_classes}) for {num_classes} classes")
+    present = int(torch.unique(y).numel())
+    if present == 1 and len(y) > 1:
+        found.append(f"all {len(y)} {split} labels are class {lo}: a split holding a single class "
+                     "(the val-folder trap: val/ read as an image folder)")
+    return found
+
+
+def probe_indices(y: torch.Tensor, num_classes: int, per_class: int | None) -> torch.Tensor:
+    """The last `per_class` images of each class (default 5% of the smallest class, >= 1)."""
+    counts = torch.bincount(y, minlength=num_classes)
+    present = counts[counts > 0]
+    k = per_class if per_class is not None else max(1, int(0.05 * int(present.min())))
+    if int(present.min()) <= k:
+        raise ValueError(f"--probe-per-class {k} leaves no training images for some class "
+                         f"(smallest class has {int(present.min())}).")
+    return torch.cat([(y == c).nonzero().flatten()[-k:] for c in range(num_classes) if counts[c] > 0])
+
+
+def user_data_subject(train, val, num_classes, *, probe_per_class, batch_size, seed, device) -> dict:
+    """Read the user's splits; returns the Subject's data fields (raises BadLabels first)."""
+    tx, ty, loader_bs, shuffled = _read_all(train)
+    vx, vy, _, _ = _read_all(val)
+    problems = check_labels(ty, num_classes, "train") + check_labels(vy, num_classes, "val")
+    if problems:
+        raise BadLabels("; ".join(problems))
+    ty, vy = ty.long(), vy.long()
+    probe = probe_indices(ty, num_classes, probe_per_class)
+    keep = torch.ones(len(ty), dtype=torch.bool)
+    keep[probe] = False
+    bs = loader_bs or batch_size
+    px, py, tx, ty = tx[probe], ty[probe], tx[keep], ty[keep]
+
+    def loaders(shuffle: bool | None = None):
+        return (TensorBatches(tx, ty, bs, shuffle=shuffled if shuffle is None else shuffle, device=device, seed=seed),
+                TensorBatches(px, py, 256, shuffle=False, device=device, drop_single=False),
+                TensorBatches(vx, vy, 256, shuffle=False, device=device, drop_single=False))
+    return dict(train_x=tx, train_y=ty, probe_y=py, val_y=vy, batch_size=bs, shuffled=shuffled,
+                loaders=loaders, user_data=True)
+
+
+def repo_data_subject(data: Data, *, probe_per_class, batch_size, seed, device, normalize=True) -> dict:
+    """The repo's Tiny ImageNet (uint8, augmented and normalized on the device by BatchLoader)."""
+    probe = probe_indices(data.train_targets, data.num_classes, probe_per_class)
+    keep = torch.ones(len(data.train_targets), dtype=torch.bool)
+    keep[probe] = False
+    tx, ty = data.train_images[keep], data.train_targets[keep]
+    px, py = data.train_images[probe], data.train_targets[probe]
+    common = dict(device=device, seed=seed, normalize=normalize)
+
+    def loaders(shuffle: bool | None = None):
+        return (BatchLoader(tx, ty, batch_size, train=True, **common),
+                BatchLoader(px, py, 256, train=False, **common),
+                BatchLoader(data.val_images, data.val_targets, 256, train=False, **common))
+    return dict(train_x=None, train_y=ty, probe_y=py, val_y=data.val_targets, batch_size=batch_size,
+                shuffled=True, loaders=loaders, user_data=False, root=data.root, val_files=data.val_files,
+                classes=list(data.classes))
+
+
+def optimizer_factory(optimizer, recipe_factory) -> Callable:
+    """(model) -> optimizer: the user's `params -> Optimizer` factory, or the recipe's."""
+    if optimizer is None:
+        return recipe_factory
+    if isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError("optimizer must be a factory `params -> Optimizer` (e.g. "
+                        "`lambda params: torch.optim.Adam(params, lr=1e-3)`), not an Optimizer bound to "
+                        "other parameters")
+    return lambda model: optimizer(model.parameters())
+
+
+def default_loss(logits, targets):
+    return F.cross_entropy(logits, targets)
