@@ -12,8 +12,9 @@
 What it measures. Training steps (forward, cross-entropy, backward, optimizer step, lr schedule
 step: `--recipe`'s, built by tinyimagenet.train exactly as a run builds them; default "seed",
 Adam 1e-4) on channels_last batches made beforehand by a `BatchLoader` over random uint8 images
-(the loader's own rate is a separate column). The achieved rate is images/s x 3 x forward FLOPs/image (`model_summary`; x3:
-the backward pass costs about twice the forward), divided by a dense matmul rate measured in the
+(the loader's own rate is a separate column). The achieved rate is images/s x 3 x forward
+FLOPs/image (`model_summary`; x3: the backward pass costs about twice the forward), divided by a
+dense matmul rate measured in the
 same run: fp32 2048^3 `torch.mm` on CPU; bf16 8192^3 on CUDA, where training runs under bf16
 autocast. The last line is `fraction_of_matmul_peak: R` for BaselineCNN (or the first model).
 
@@ -25,6 +26,7 @@ and normalization, the bookkeeping and the loss checks every `sync_every` steps.
 epoch that includes a batch of the last batch's size (cuDNN's algorithm search, or compilation,
 runs per shape), whole epochs are timed until at least `--epoch-seconds` (5) have passed.
 `loop/step` is the loop's images/s over the bare step's best; the issue's target is >= 0.85.
+Written without a GPU: the CUDA side has not run yet (tests/test_cuda.py runs it small).
 
 Noise. The CPU box is shared: other jobs take one or both cores at any moment, so a rate measured
 a minute before another says little. The matmul rate is therefore sampled between all training

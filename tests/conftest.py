@@ -1,4 +1,5 @@
-"""Shared fixtures: the real subset (extracted once per run), a 10-class cut of it, synthetic data.
+"""Shared fixtures: the real subset (extracted once per run), a 10-class cut of it, its decoded
+val split, synthetic data.
 
 Tests never touch the network or ~/.cache: the decoded-image cache goes to a per-run temp folder.
 """
@@ -40,6 +41,17 @@ def real_root(subset_zip, tmp_path_factory) -> Path:
     with zipfile.ZipFile(subset_zip) as zf:
         zf.extractall(parent)
     return parent / "tiny-imagenet-200"
+
+
+@pytest.fixture(scope="session")
+def val_cache(real_root, tmp_path_factory):
+    """(images, targets, dataset) of the real val split, decoded into a private cache folder.
+
+    Session-scoped: decoded once per run for tests/test_data.py and tests/test_loaders.py; read-only.
+    """
+    from tinyimagenet.cache import load_split
+
+    return load_split(real_root, "val", cache_dir=tmp_path_factory.mktemp("vc"), progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -1,24 +1,22 @@
-"""Tests for the data layer: tinyimagenet.data, download, cache, loaders and synthetic.
+"""Tests for the data layer: tinyimagenet.data, cache and synthetic.
 
 What this checks
 ----------------
 On the real subset (../shared/data/tiny-imagenet-200-subset.zip, see its README): split sizes,
 the sorted-wnid label order, val labels taken from val_annotations.txt (not the folder: the
 "every val image is class 0" trap), grayscale JPEGs loading as RGB, the unlabelled test split,
-the decoded cache being pixel-exact, reused, rebuilt on change and never half-written, the
-MEAN/STD constants, and download/extraction from a local archive (path, file:// URL, md5
-mismatch). The val folder in each accepted layout (official `val/images`; rearranged into
-`val/<wnid>/images` with the annotation file, agreeing or not; rearranged without it) and the
-download policy of `load_data` (only into the default location, or when asked). Broken copies of
-synthetic data check that each bad input names the offending path.
-The batched GPU-style loader is checked against per-image torchvision references.
+the decoded cache being pixel-exact, reused, rebuilt on change and never half-written, and the
+MEAN/STD constants. The val folder in each accepted layout (official `val/images`; rearranged
+into `val/<wnid>/images` with the annotation file, agreeing or not; rearranged without it).
+Broken copies of synthetic data check that each bad input names the offending path.
+Download/extraction and `load_data`'s download policy are in tests/test_download.py; the
+batched loader (crop/flip, Normalizer, BatchLoader) in tests/test_loaders.py.
 
 Run:  PYTHONPATH=. pytest -q tests/test_data.py   (CPU, about a minute on 2 cores; the real-data
 tests skip when ../shared/data is absent)
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import warnings
@@ -30,13 +28,11 @@ import pytest
 import torch
 from PIL import Image
 from torchvision.transforms import ToTensor
-from torchvision.transforms.v2 import functional as TF
 
-from tinyimagenet import cache, download
+from tinyimagenet import cache
 from tinyimagenet.cache import cached_images, load_split
-from tinyimagenet.data import (FOLDER_NAME, MEAN, STD, DatasetError, TinyImageNet, find_root,
+from tinyimagenet.data import (FOLDER_NAME, MEAN, STD, DatasetError, TinyImageNet,
                                per_class_indices, require_labels)
-from tinyimagenet.loaders import BatchLoader, Normalizer, crop_flip, load_data
 from tinyimagenet.synthetic import make_subset_copy
 
 
@@ -68,12 +64,6 @@ def real_train(real_root):
 @pytest.fixture(scope="module")
 def real_val(real_root):
     return TinyImageNet(real_root, "val")
-
-
-@pytest.fixture(scope="module")
-def val_cache(real_root, tmp_path_factory):
-    """(images, targets, dataset) of the real val split, decoded into a private cache folder."""
-    return load_split(real_root, "val", cache_dir=tmp_path_factory.mktemp("vc"), progress=False)
 
 
 @pytest.fixture
@@ -357,74 +347,6 @@ def test_rearranged_val_disagreeing_with_annotations_is_refused(val_copy):
         TinyImageNet(val_copy, "val")
 
 
-# --------------------------------------------------------------------------------- download
-@pytest.fixture
-def small_zip(synthetic_root, tmp_path) -> Path:
-    """A tiny archive in the official layout: keeps the extra extraction tests fast."""
-    return Path(shutil.make_archive(str(tmp_path / "small"), "zip", synthetic_root.parent,
-                                    FOLDER_NAME))
-
-
-def test_download_from_local_archive_path(subset_zip, tmp_path):
-    root = download.download_and_extract(tmp_path, archive=str(subset_zip), md5=None)
-    assert root == tmp_path / FOLDER_NAME and _files(tmp_path) == [FOLDER_NAME]  # no temporaries
-    assert len(TinyImageNet(root, "val")) == 10_000
-
-
-def test_download_from_file_url(subset_zip, small_zip, tmp_path):
-    # URL handling does not depend on the archive's size: the small one checks it quickly.
-    dest = tmp_path / "b"
-    root = download.download_and_extract(dest, archive=small_zip.as_uri(), md5=None)
-    assert root == dest / FOLDER_NAME and _files(dest) == [FOLDER_NAME]
-    assert len(TinyImageNet(root, "val")) == 100
-
-
-def test_ensure_downloaded_extracts_once(small_zip, tmp_path):
-    root = download.ensure_downloaded(tmp_path / "x", archive=str(small_zip))
-    assert root == tmp_path / "x" / FOLDER_NAME and find_root(tmp_path / "x") == root
-    # Present now: a second call must not touch the (here nonexistent) archive.
-    assert download.ensure_downloaded(tmp_path / "x", archive=str(tmp_path / "gone.zip")) == root
-
-
-def test_md5_mismatch_keeps_nothing(subset_zip, tmp_path):
-    got = hashlib.md5(subset_zip.read_bytes()).hexdigest()
-    assert got != download.MD5  # the subset is not the official archive
-    dest = tmp_path / "dl"
-    with pytest.raises(DatasetError) as err:
-        download.download_and_extract(dest, archive=str(subset_zip), md5=download.MD5)
-    assert download.MD5 in str(err.value) and got in str(err.value)
-    assert _files(dest) == []  # no tiny-imagenet-200, no temporaries
-
-
-def test_load_data_explicit_dir_without_data_is_an_error_not_a_download(tmp_path, monkeypatch):
-    monkeypatch.setattr(download, "_fetch", lambda url, dest: pytest.fail(f"downloaded {url}"))
-    missing = tmp_path / "typo"
-    with pytest.raises(DatasetError) as err:
-        load_data(missing, progress=False)
-    for needle in (str(missing), "--download", "--archive"):
-        assert needle in str(err.value), (needle, str(err.value))
-    assert not missing.exists()
-
-
-def test_load_data_downloads_into_default_location_or_when_asked(small_zip, tmp_path, monkeypatch):
-    fetched = []
-
-    def fetch(url, dest):  # the network, played by the small archive (its md5 made "official")
-        fetched.append(url)
-        shutil.copyfile(small_zip, dest)
-
-    monkeypatch.setattr(download, "_fetch", fetch)
-    monkeypatch.setattr(download, "MD5", hashlib.md5(small_zip.read_bytes()).hexdigest())
-    monkeypatch.setenv("TINYIMAGENET_ROOT", str(tmp_path / "default"))
-    data = load_data(progress=False)  # no data_dir: the default location, fetched without asking
-    assert fetched == [download.URL] and Path(data.root) == tmp_path / "default" / FOLDER_NAME
-    data = load_data(tmp_path / "asked", download=True, progress=False)
-    assert len(fetched) == 2 and Path(data.root) == tmp_path / "asked" / FOLDER_NAME
-    assert len(data.val_targets) == 100
-    data = load_data(tmp_path / "local", archive=str(small_zip), progress=False)  # extracts, no fetch
-    assert len(fetched) == 2 and Path(data.root) == tmp_path / "local" / FOLDER_NAME
-
-
 # -------------------------------------------------------------------------------- synthetic
 def test_synthetic_data_parses_like_the_real_layout(synthetic_root):
     wnids = (synthetic_root / "wnids.txt").read_text().split()
@@ -438,120 +360,3 @@ def test_synthetic_data_parses_like_the_real_layout(synthetic_root):
     assert gray and modes["RGB"] > len(gray)  # some, not all, are grayscale JPEGs
     assert all(np.asarray(train[i][0]).shape == (64, 64, 3) for i in gray)
     assert test[0][0].shape == (3, 64, 64)
-
-
-# ---------------------------------------------------------------------------------- loaders
-@pytest.mark.parametrize("n,h,w,pad,strided", [(32, 64, 64, 4, False), (9, 7, 13, 3, True),
-                                               (5, 8, 8, 0, False)])
-def test_crop_flip_matches_per_image_torchvision(n, h, w, pad, strided):
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (n, w, h, 3), dtype=torch.uint8, generator=g).transpose(1, 2) \
-        if strided else torch.randint(0, 256, (n, h, w, 3), dtype=torch.uint8, generator=g)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
-    flip = torch.rand(n, generator=g) < 0.5
-    out = crop_flip(images, dx, dy, flip, pad)
-    assert out.shape == (n, h, w, 3) and flip.any() and not flip.all()
-    # The loader's path: gather by index into a reused padding buffer (dirtied by a first call).
-    order = torch.randperm(n, generator=g)
-    scratch = torch.zeros(2, n + 3, h + 2 * pad, w + 2 * pad, 3, dtype=torch.uint8)
-    crop_flip(images.flip(1), dx, dy, flip, pad, index=order, scratch=scratch)
-    again = crop_flip(images, dx[order], dy[order], flip[order], pad, index=order, scratch=scratch)
-    assert torch.equal(again, out[order])
-    for b in range(n):
-        ref = TF.pad(images[b].permute(2, 0, 1), [pad] * 4, fill=0)
-        ref = TF.crop(ref, int(dy[b]), int(dx[b]), h, w)
-        if flip[b]:
-            ref = TF.horizontal_flip(ref)
-        assert torch.equal(out[b], ref.permute(1, 2, 0)), b
-        # The same thing with plain slicing, as a second opinion on the reference.
-        padded = np.pad(images[b].numpy(), ((pad, pad), (pad, pad), (0, 0)))
-        crop = padded[int(dy[b]):int(dy[b]) + h, int(dx[b]):int(dx[b]) + w]
-        assert np.array_equal(out[b].numpy(), crop[:, ::-1] if flip[b] else crop)
-
-
-def test_normalizer_is_the_fused_affine_bit_for_bit():
-    # Normalizer's definition: addcmul(shift, x, scale) with per-channel (3,) vectors. Its
-    # faster implementation must give the same bits for every value, channel and position.
-    values = torch.arange(256, dtype=torch.uint8).repeat(97)[:4 * 32 * 64 * 3]
-    for enabled in (True, False):
-        norm = Normalizer("cpu", enabled=enabled)
-        for offset in range(3):  # each value in each channel, at every position of a row
-            x = torch.roll(values, offset).view(4, 32, 64, 3)
-            expected = torch.addcmul(norm.shift, x.float(), norm.scale).permute(0, 3, 1, 2)
-            assert torch.equal(norm(x), expected)
-    x = torch.rand(2, 6, 5, 3).transpose(1, 2)
-    before = x.clone()
-    out = norm(x)  # non-contiguous float input: works, and is not modified in place
-    assert torch.equal(x, before) and out.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(out.permute(0, 2, 3, 1), torch.addcmul(norm.shift, x, norm.scale))
-
-
-def _tiny(n=101):
-    # Targets are the indices, so a batch's targets say exactly which samples it holds.
-    g = torch.Generator().manual_seed(1)
-    return torch.randint(0, 256, (n, 16, 16, 3), dtype=torch.uint8, generator=g), torch.arange(n)
-
-
-def _epoch(loader, epoch, start_step=0):
-    loader.set_epoch(epoch, start_step=start_step)
-    return list(loader)
-
-
-def test_train_loader_order_is_a_deterministic_resumable_permutation():
-    images, targets = _tiny(101)  # 101 = 6 * 16 + 5
-    loader = BatchLoader(images, targets, 16, train=True, seed=3)
-    full = _epoch(loader, 2)
-    seen = torch.cat([y for _, y in full])
-    assert len(full) == len(loader) == 7 and len(seen) == 101 and len(set(seen.tolist())) == 101
-    again = _epoch(BatchLoader(images, targets, 16, train=True, seed=3), 2)
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full, again))
-    other = _epoch(loader, 3)
-    assert not torch.equal(seen, torch.cat([y for _, y in other]))
-    for k in (1, 4, 6):
-        resumed = _epoch(loader, 2, start_step=k)
-        assert len(resumed) == len(full) - k
-        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-                   for a, b in zip(resumed, full[k:]))
-    # A last batch of one image is dropped (BatchNorm), and nothing is repeated.
-    short = torch.cat([y for _, y in BatchLoader(images[:97], targets[:97], 16, train=True)])
-    assert len(short) == 96 and len(set(short.tolist())) == 96
-
-
-def test_augmentation_differs_per_image_within_a_batch():
-    images, zeros = _tiny(1)[0].expand(128, -1, -1, -1).contiguous(), torch.zeros(128).long()
-    x, _ = next(iter(BatchLoader(images, zeros, 128, train=True, normalize=False)))
-    x = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1)  # back to the uint8 NHWC crops
-    distinct = {tuple(v.flatten().tolist()) for v in x}
-    assert len(distinct) > 64  # 162 possible (dx, dy, flip): most of the 128 differ
-    grid = torch.cartesian_prod(torch.arange(9), torch.arange(9), torch.arange(2))  # all 162
-    every = crop_flip(images[:1].expand(162, -1, -1, -1), grid[:, 0], grid[:, 1], grid[:, 2] > 0, 4)
-    assert distinct <= {tuple(v.flatten().tolist()) for v in every}  # each is a valid crop
-    x, _ = next(iter(BatchLoader(images, zeros, 128, train=True, augment=False)))
-    assert torch.equal(x, x[:1].expand_as(x))
-
-
-def test_eval_loader_shards_cover_all_samples_without_padding():
-    images, targets = _tiny(101)
-    shards = [torch.cat([y for _, y in BatchLoader(images, targets, 16, train=False, rank=r,
-                                                   world_size=2)]) for r in (0, 1)]
-    assert not set(shards[0].tolist()) & set(shards[1].tolist())
-    assert sorted(torch.cat(shards).tolist()) == list(range(101))  # each once: no padding
-    x, y = next(iter(BatchLoader(images, targets, 101, train=False, augment=True)))
-    assert torch.equal(y, targets)  # in order, and eval never augments:
-    assert torch.equal(x, Normalizer("cpu")(images))
-
-
-def test_normalizer_on_real_val_is_standardized_channels_last(val_cache):
-    images, targets, _ = val_cache
-    loader = BatchLoader(images, targets, 2500, train=False)  # 4 equal batches: average them
-    means, squares = [], []
-    for x, _ in loader:
-        assert x.dtype == torch.float32 and x.shape == (2500, 3, 64, 64)
-        assert x.is_contiguous(memory_format=torch.channels_last)
-        means.append(x.mean((0, 2, 3)))
-        squares.append((x * x).mean((0, 2, 3)))
-    mean = torch.stack(means).mean(0)
-    std = (torch.stack(squares).mean(0) - mean ** 2).sqrt()
-    assert mean.abs().max() < 0.1, mean
-    assert (std - 1).abs().max() < 0.15, std

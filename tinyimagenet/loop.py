@@ -74,9 +74,10 @@ def train_one_epoch(model, loader, optimizer, scheduler, *, epoch: int, cfg,
         sums = position.get("sums")
         totals = position["sums"] = (torch.zeros(3, dtype=torch.float64) if sums is None else sums).to(
             device=device, dtype=torch.float64)
-        if start_step > 0 and position.get("rng") is not None:
-            set_rng_state(position["rng"], device)  # mid-epoch resume: the masks it would have drawn
-        else:
+        rng = position.get("rng")
+        if start_step > 0 and rng is not None and (device.type != "cuda" or rng.get("cuda") is not None):
+            set_rng_state(rng, device)  # mid-epoch resume: the masks it would have drawn
+        else:  # a new epoch, or a resume without this device's state (DDP, saved on the CPU)
             torch.manual_seed(_rng_seed(cfg.seed, epoch, start_step, rank))
         position["rng"] = None  # applied; a later checkpoint takes the live state (fit)
         loader.set_epoch(epoch, start_step)

@@ -98,7 +98,7 @@ class TrainConfig:
     progress: bool = True                # tqdm progress bars
 
     def resolved(self) -> "TrainConfig":
-        """A copy with every None field filled from the recipe, validated."""
+        """A copy with every None field filled from the recipe and the device decided, validated."""
         if self.recipe not in RECIPES:
             raise ValueError(f"--recipe must be one of {sorted(RECIPES)}, got {self.recipe!r}")
         if self.model not in MODELS:
@@ -113,7 +113,8 @@ class TrainConfig:
         cfg = dataclasses.replace(self, **filled, device=str(device), sync_every=sync_every)
         if cfg.optimizer not in ("adam", "sgd") or cfg.schedule not in ("none", "cosine"):
             raise ValueError(f"optimizer must be adam|sgd and schedule none|cosine, got {cfg.optimizer}, {cfg.schedule}")
-        if cfg.epochs < 1 or cfg.batch_size < 1 or not cfg.lr > 0 or (self.sync_every is not None and self.sync_every < 1):
+        bad_sync = self.sync_every is not None and self.sync_every < 1
+        if cfg.epochs < 1 or cfg.batch_size < 1 or not cfg.lr > 0 or bad_sync:
             raise ValueError(f"epochs, batch size, lr and sync_every must be positive, got {cfg.epochs}, "
                              f"{cfg.batch_size}, {cfg.lr}, {self.sync_every}")
         return cfg

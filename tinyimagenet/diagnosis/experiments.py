@@ -109,6 +109,7 @@ class FitRun:
     target: float = 0.0
     nonfinite: bool = False
     frozen: dict = field(default_factory=dict)  # parameter name -> why it never changed (base run only)
+    frozen_share: float = 0.0  # share of all parameter elements that never changed (gradient-exactly-zero excluded)
 
     @property
     def initial(self) -> float:
@@ -174,6 +175,9 @@ def fit_batch(subject: Subject, change: Change, x, y, *, steps: int, device, num
         opt.step()
     if before is not None:
         run.frozen = _frozen(model, opt, before)
+        sizes = dict((n, p.numel()) for n, p in model.named_parameters())
+        stuck = sum(sizes[n] for n, why in run.frozen.items() if "zero" not in why)
+        run.frozen_share = stuck / max(1, sum(sizes.values()))
     return run
 
 

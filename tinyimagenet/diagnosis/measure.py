@@ -62,11 +62,12 @@ def _tiny_features(images: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
 
 def nearest_neighbour_preds(ref_images, ref_targets, query_images) -> torch.Tensor:
     """1-nearest-neighbour labels on 8x8 pixels: does a label predict its images, without a model?"""
-    ref = _tiny_features(ref_images)
+    ref = _tiny_features(ref_images)  # on the images' device
+    ref_targets = ref_targets.to(ref.device)
     preds = []
     for i in range(0, len(query_images), 2048):
         preds.append(ref_targets[(_tiny_features(query_images[i:i + 2048]) @ ref.T).argmax(1)])
-    return torch.cat(preds)
+    return torch.cat(preds).cpu()
 
 
 def label_signal(train_images, train_targets, probe_images, probe_targets, val_images, val_targets,

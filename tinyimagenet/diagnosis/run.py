@@ -248,12 +248,8 @@ def _weight_decay_check(opt) -> measure.Check:
 
 
 def _label_signal(subject: Subject, data, num_classes) -> dict:
-    if subject.train_x is not None:
-        train_loader, probe_loader, val_loader = subject.loaders(False)
-        tx, px, vx = train_loader.images, probe_loader.images, val_loader.images
-    else:
-        train_loader, probe_loader, val_loader = subject.loaders()
-        tx, px, vx = train_loader.images.cpu(), probe_loader.images.cpu(), val_loader.images.cpu()
+    train_loader, probe_loader, val_loader = subject.loaders(False if subject.train_x is not None else None)
+    tx, px, vx = train_loader.images, probe_loader.images, val_loader.images  # on the run's device
     check = measure.label_signal(tx, subject.train_y, px, subject.probe_y, vx, subject.val_y, num_classes)
     return {check.name: check}
 
@@ -310,11 +306,18 @@ def _fix_for(cause: str, ev: Evidence, checks: dict) -> Change | None:
         best = min(lr_runs, key=lambda r: r.final, default=None)
         if best is not None and best.final < ev.base.final:
             return Change("control", lr_factor=best.lr / ev.base.lr)
+        if cause == "learning_rate_too_high":  # the batch fit at this lr: only the run can tell
+            return Change("control", lr_factor=0.01)
     return None
 
 
 def _finish(result: dict, ev: Evidence, cfg: DiagnosisConfig, t0: float) -> dict:
-    causes = rank_causes(ev)
+    candidates = rank_causes(ev)
+    causes = [c for c in candidates if not c.tentative]
+    unconfirmed = [c.id for c in candidates if c.tentative]
+    if unconfirmed:
+        ev.reasons.append(f"fixed-batch experiments point at {', '.join(unconfirmed)}, but the run is too small "
+                          "to call stuck and no control confirmed it: not reported as a cause")
     if ev.status in ("learning", "not trained") and not causes:
         verdict = "PASS"
     elif causes or ev.status == "diverged" or (ev.status == "stuck" and ev.full_data):

@@ -41,8 +41,10 @@ class TensorBatches:
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int, *, shuffle: bool,
                  device, seed: int = 0, drop_single: bool = True):
-        self.images, self.targets = images, targets
-        self.batch_size, self.shuffle, self.device, self.seed = batch_size, shuffle, torch.device(device), seed
+        self.device = torch.device(device)
+        # On the device once per run, like the repo's BatchLoader: no host-to-device copy per batch.
+        self.images, self.targets = images.to(self.device), targets.to(self.device)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.drop_single, self.epoch = drop_single, 0
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
@@ -58,10 +60,10 @@ class TensorBatches:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
         else:
             order = torch.arange(n)
+        order = order.to(self.device)  # one copy per epoch
         for step in range(len(self)):
             idx = order[step * self.batch_size:(step + 1) * self.batch_size]
-            yield (self.images[idx].to(self.device, non_blocking=True),
-                   self.targets[idx].to(self.device, non_blocking=True))
+            yield self.images.index_select(0, idx), self.targets.index_select(0, idx)
 
 
 # ------------------------------------------------------------------------------------ the subject

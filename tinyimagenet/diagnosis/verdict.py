@@ -20,11 +20,14 @@ import math
 from dataclasses import dataclass, field
 
 from .experiments import FitRun, RunResult
-from .stats import ALPHA, power, required_n, score as evidence_score
+from .stats import ALPHA, power, required_n, score as evidence_score, wilson_interval
 
 FIT_MARGIN = 0.25        # a change must remove >= 25% of ln C more fixed-batch loss than the base fit
 STALLED = 0.05           # a base fit that removes < 5% of its initial loss has stalled
-POWER_EFFECT = 2.0       # "stuck" needs power 0.8 to see this multiple of chance
+POWER_EFFECT = 2.0       # "stuck" needs power 0.8 to see this multiple of chance, and an accuracy below
+STUCK_MAX = 1.5          # this multiple of chance (22% on 10 classes, p = 1e-3, is not "stuck")
+FROZEN_SHARE = 0.1       # frozen parameters holding >= 10% of the model fail a run that does not learn
+NO_SIGNAL = 1.5          # labels "carry no signal" when 1-NN is below this multiple of chance (95% bound)
 
 ROOT = ("bad_labels", "outputs_are_probabilities", "stochastic_eval", "val_labels_misaligned",
         "train_labels_unlearnable", "learning_rate_too_high", "learning_rate_too_low", "dropout_too_strong",
@@ -61,6 +64,7 @@ class Cause:
     tier: int = 1                       # 0: decisive or confirmed by a control; 1: root cause; 2: symptom
     where: list = field(default_factory=list)   # modules or file:line the evidence points at
     refuted: bool = False               # its control ran and did not fix the run: ranked after the rest
+    tentative: bool | None = None       # True: fit evidence alone on an undecided run; reported only once confirmed
 
     def to_json(self) -> dict:
         return {"id": self.id, "score": round(self.score, 3), "evidence": self.evidence, "where": self.where}
@@ -102,7 +106,7 @@ def judge_learning(ev: Evidence) -> str:
         return "learning"
     p0 = 1 / ev.num_classes
     p1 = min(0.999, POWER_EFFECT * p0)
-    if power(ev.val_test.n, p0, p1) >= 0.8:
+    if power(ev.val_test.n, p0, p1) >= 0.8 and ev.val_test.accuracy / 100 < STUCK_MAX * p0:
         return "stuck"
     ev.reasons.append(f"{ev.val_test.n} val images cannot tell {100 * p1:.2g}% from chance {100 * p0:.2g}% "
                       f"(power {power(ev.val_test.n, p0, p1):.2f}); about {required_n(p0, p1):,} would")
@@ -159,8 +163,11 @@ def rank_causes(ev: Evidence) -> list[Cause]:
                 best = max(useful, key=lambda r: fit_gain(base, r, ln_c))
                 gain = fit_gain(base, best, ln_c)
                 text = [f"fixed batch: {base.describe()}"] + [f"one change: {r.describe()}" for r in runs] + list(extra)
-                if strong_run:
-                    add(cid, min(1.0, gain), 1, *text, where=where)
+                add(cid, min(1.0, gain), 1, *text, where=where)
+                if not strong_run:  # a small run that may just be undecided: only a control can confirm
+                    found[cid].tentative = found[cid].tentative is not False
+                else:
+                    found[cid].tentative = False
                 return gain
             return 0.0
 
@@ -196,8 +203,9 @@ def rank_causes(ev: Evidence) -> list[Cause]:
                    "; ".join(f"{n} ({why})" for n, why in list(frozen.items())[:6])
             gain = fit_evidence("frozen_parameters", [fits["unfreeze"]] if "unfreeze" in fits else [], extra=[text],
                                 where=modules)
-            if not gain and strong_run:
-                add("frozen_parameters", 1.0 if ev.status == "stuck" else 0.5, 1, text, where=modules)
+            share = base.frozen_share  # of all parameter elements: a measurement, not a guess
+            if not gain and (strong_run or share >= FROZEN_SHARE):
+                add("frozen_parameters", share, 1, text + f" ({100 * share:.0f}% of the parameters)", where=modules)
 
         # ---- labels, from the model's held-out predictions and the model-free 1-NN check
         sig = chk("label_signal")
@@ -206,11 +214,19 @@ def rank_causes(ev: Evidence) -> list[Cause]:
                 f"model: {ev.gap_test.describe('val', 'held-out train')}")
         if sig is not None and sig.data["gap"].significant and not sig.data["val"].significant:
             add("val_labels_misaligned", evidence_score(sig.data["gap"].p_value, 1.0), 1, sig.detail)
-        if sig is not None and not sig.data["probe"].significant and ev.probe_test is not None \
-                and not ev.probe_test.significant and power(sig.data["probe"].n, 1 / ev.num_classes,
-                                                            min(0.999, 3 / ev.num_classes)) >= 0.8:
-            add("train_labels_unlearnable", 1 - sig.data["probe"].p_value, 1, sig.detail,
-                f"model on held-out train images: {ev.probe_test.describe()}")
+        if sig is not None and ev.probe_test is not None and not ev.probe_test.significant:
+            # "No signal" must be shown, not just "not significant": real labels on 10 classes give
+            # the 1-NN only ~1.6x chance (16% on 100 held-out images, p = 0.05), which a bare
+            # non-significance rule read as unlearnable. Pooled held-out train + val, the 1-NN
+            # accuracy must be below NO_SIGNAL x chance with 95% confidence.
+            probe, val = sig.data["probe"], sig.data["val"]
+            k = round(probe.accuracy * probe.n / 100) + round(val.accuracy * val.n / 100)
+            hi = wilson_interval(k, probe.n + val.n)[1]
+            if hi < NO_SIGNAL / ev.num_classes:
+                # Tier 0: no lr, dropout or other change can make a model learn labels without signal.
+                add("train_labels_unlearnable", 1 - hi * ev.num_classes / NO_SIGNAL, 0, sig.detail,
+                    f"1-NN over held-out train and val together: {k}/{probe.n + val.n}, upper 95% bound "
+                    f"{100 * hi:.2f}% < {NO_SIGNAL:g}x chance", f"model on held-out train images: {ev.probe_test.describe()}")
 
         # ---- symptoms, measured during the failing run
         run = ev.run
@@ -227,6 +243,13 @@ def rank_causes(ev: Evidence) -> list[Cause]:
                     "after training", where=[site])
         if run is not None and run.grad_rows:
             _gradient_symptoms(run, add)
+        if base.fitted and any(k in found for k in ("dead_units", "collapsed_outputs", "exploding_gradients")) \
+                and "learning_rate_too_high" not in found:
+            # The batch fits, yet the run died: a step too large for the whole data set kills units
+            # without diverging on 8 images. Only the control at a lower lr can show it.
+            add("learning_rate_too_high", 0.5, 1, f"fixed batch fits ({base.describe()}) but the run's units died "
+                "or its outputs collapsed: a candidate for a control at lr /100")
+            found["learning_rate_too_high"].tentative = True
 
     # ---- controls: the strongest evidence, and what puts a root cause first
     for ctl in ev.controls:
@@ -239,10 +262,13 @@ def rank_causes(ev: Evidence) -> list[Cause]:
         above = ctl["chance"]
         if t.significant and above.significant:  # better than the run, and learning at all
             add(ctl["cause"], evidence_score(t.p_value, effect), 0, text, f"control: {above.describe()}")
-        elif ctl["cause"] in found:  # the fix did not fix the run: evidence against this cause
+            found[ctl["cause"]].tentative = False
+        elif ctl["cause"] in found:
             c = found[ctl["cause"]]
             c.evidence.append(f"{text}; control: {above.describe()} - not confirmed")
-            c.refuted = c.tier > 0
+            # No better at all: evidence against this cause. Better but not significantly (a small
+            # val set): neither for nor against, so the cause keeps its place.
+            c.refuted = c.tier > 0 and t.diff <= 0
     causes = list(found.values())
     if any(c.id in ROOT for c in causes):  # a root cause explains the symptoms: they follow it
         for c in causes:
