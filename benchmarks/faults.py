@@ -13,7 +13,7 @@ shared 2-core CPU) or the registry models on the repo's own data path.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch

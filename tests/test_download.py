@@ -6,11 +6,12 @@ Download/extraction from a local archive: a plain path (the real subset,
 ../shared/data/tiny-imagenet-200-subset.zip), a file:// URL, extract-once in
 `ensure_downloaded`, and an md5 mismatch that leaves nothing behind (no folder, no
 temporaries). `load_data` downloads only into the default location or when asked
-(--download/--archive); an explicit data dir without data is an error, not a download. The
-network is never touched: `download._fetch` is replaced by a copy of a small synthetic archive.
+(download=True, or a local archive); an explicit data dir without data is an error naming
+--download and --archive, not a download. The network is never touched: `download._fetch` is
+replaced by a copy of a small synthetic archive.
 
-Run:  PYTHONPATH=. pytest -q tests/test_download.py   (CPU, seconds; the tests that need the real
-subset skip when ../shared/data is absent)
+Run:  PYTHONPATH=. pytest -q tests/test_download.py   (CPU, under a minute on 2 cores, mostly
+extracting the real subset; the tests that need it skip when ../shared/data is absent)
 """
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ augmentation within a batch; eval shards covering every sample once with no padd
 normalized real val split (../shared/data, via the `val_cache` fixture in conftest.py) being
 standardized and channels_last.
 
-Run:  PYTHONPATH=. pytest -q tests/test_loaders.py   (CPU, seconds; the real-data test skips
-when ../shared/data is absent)
+Run:  PYTHONPATH=. pytest -q tests/test_loaders.py   (CPU, under a minute on 2 cores, mostly
+decoding the real val split; the real-data test skips when ../shared/data is absent)
 """
 from __future__ import annotations
 

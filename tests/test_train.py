@@ -29,7 +29,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_resume import run_args  # noqa: F401  (not used here: tests/test_cuda.py imports it from here)
 from tinyimagenet import train as train_mod
 from tinyimagenet.checkpoint import load_checkpoint, read_history_csv
 from tinyimagenet.loaders import BatchLoader, load_data

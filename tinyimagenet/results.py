@@ -34,7 +34,7 @@ import csv
 import json
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .seed import SEED_NUM_CLASSES, SEED_THRESHOLDS

@@ -1,18 +1,21 @@
 """From measurements and experiments to a verdict (PASS, FAIL or INCONCLUSIVE) and ranked causes.
 
-The rules, each stated once:
-- Learning: val top-1 above chance by `stats.chance_test` (binomial and class-permutation, both at
-  ALPHA). Not above chance is "stuck" when val is large enough to see 2x chance with power 0.8,
-  else "undecided" (the data cannot tell; the verdict says what size would).
-- A cause is reported only with evidence: a decisive measurement (rows sum to 1, two eval passes
-  differ, labels out of range, a label file contradicted), a control run whose held-out accuracy
-  beats the base run's (difference of two proportions, p < ALPHA), or a one-change fit of the
-  fixed batch that removes at least FIT_MARGIN x ln C more loss than the base fit, where the base
-  failed to fit and the run itself is stuck, diverged, or stalled (base fit removed < 5% of its loss).
+The rules, each stated once (constants below; ALPHA is stats.ALPHA, the one significance level):
+- Learning: val top-1 above chance by `stats.chance_test` (binomial and class-permutation). Not
+  above chance is "stuck" when val is large enough to see 2x chance with power 0.8 and the accuracy
+  is under STUCK_MAX x chance, else "undecided" (the verdict says what val size would decide).
+- A cause needs evidence: a decisive measurement (rows sum to 1, two eval passes differ, labels
+  out of range, a label file contradicted, sorted batches, 1-NN label signal bounded below
+  NO_SIGNAL x chance, >= FROZEN_SHARE of the parameters never changing); a control run that learns
+  (above chance) and beats the base run (Fisher, p < ALPHA); or a one-change fit of the fixed batch
+  that removes >= FIT_MARGIN x ln C more loss than the base fit (any amount, for an lr dose-response
+  on a stalled fit). Fit evidence on an "undecided" run is tentative: reported only once its
+  control confirms it, since a small healthy run fails fits too.
 - Scores come from the evidence: `stats.score(p, effect)` for controls, the effect itself for
-  deterministic comparisons (same weights, same batch). Order: decisive and confirmed root causes,
-  then other root causes, then symptoms (collapsed outputs, dead units, gradients, a non-finite
-  loss), each by score: a high lr that killed the ReLUs is reported as the lr, then its symptoms.
+  deterministic comparisons (same weights, same batch) and measurements. Order: tier 0 (decisive,
+  or confirmed by a control), tier 1 root causes, causes whose control made things no better,
+  then symptoms (collapsed outputs, dead units, gradients, a non-finite loss) when a root cause
+  explains them: a high lr that killed the ReLUs is the lr first, then its symptoms.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 
 from .experiments import FitRun, RunResult
-from .stats import ALPHA, power, required_n, score as evidence_score, wilson_interval
+from .stats import power, required_n, score as evidence_score, wilson_interval
 
 FIT_MARGIN = 0.25        # a change must remove >= 25% of ln C more fixed-batch loss than the base fit
 STALLED = 0.05           # a base fit that removes < 5% of its initial loss has stalled
