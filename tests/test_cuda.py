@@ -42,7 +42,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train import REPO, _free_port, run_args  # the CPU suite's helpers (tests/ is on sys.path)
+from test_resume import run_args  # the CPU suite's helpers (tests/ is on sys.path)
+from test_train import REPO, _free_port
 from tinyimagenet import loop
 from tinyimagenet import train as train_mod
 from tinyimagenet.checkpoint import read_history_csv
@@ -61,7 +62,7 @@ def gpu() -> torch.device:
 
 
 def cuda_args(root, out, *extra) -> list[str]:
-    """test_train.run_args (SGD + momentum, weight decay, smoothing, dropout, augmentation; 5 steps
+    """test_resume.run_args (SGD + momentum, weight decay, smoothing, dropout, augmentation; 5 steps
     of 8 images per epoch) on the GPU, with bf16 autocast (the default there)."""
     args = run_args(root, out, *extra)
     args[args.index("--device") + 1] = "cuda"
