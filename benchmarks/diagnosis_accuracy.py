@@ -46,10 +46,11 @@ from tinyimagenet.loaders import load_data  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 SUBSET_ZIP = REPO.parent / "shared" / "data" / "tiny-imagenet-200-subset.zip"
 
-# The diagnosis at a size the shared 2-core CPU runs in ~10-60 s per set-up: 3 epochs (2 are not
-# enough for the healthy UserCNN to beat chance on 200 val images at alpha 1e-3), the 50-step
-# fixed-batch fits, and one control run (each costs a full training run; the first one decides).
-CONFIG = dict(epochs=3, fit_batch=8, fit_steps=50, max_controls=1, device="cpu", progress=False,
+# The diagnosis as quick_diagnosis.py runs it (5 epochs, 50-step fixed-batch fits, up to 2 control
+# runs), on the small cuts of faults.py, so one set-up takes ~5-60 s on the shared 2-core CPU.
+# With 3 epochs the healthy plain CNN did not beat chance at alpha 1e-3, so no control could
+# confirm anything on it.
+CONFIG = dict(epochs=5, fit_batch=8, fit_steps=50, max_controls=2, device="cpu", progress=False,
               probe_per_class=PROBE_PER_CLASS)
 
 

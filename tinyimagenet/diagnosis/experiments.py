@@ -173,7 +173,7 @@ def fit_batch(subject: Subject, change: Change, x, y, *, steps: int, device, num
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    if before is not None:
+    if before is not None and len(run.losses) >= 3:  # "never changed" needs a few updates to mean anything
         run.frozen = _frozen(model, opt, before)
         sizes = dict((n, p.numel()) for n, p in model.named_parameters())
         stuck = sum(sizes[n] for n, why in run.frozen.items() if "zero" not in why)

@@ -55,7 +55,8 @@ def format_report(report: dict) -> str:
         cfg = m["config"]
         accs = " ".join(f"{e['val_acc']:.2f}" for e in m["epochs"]) or "-"
         top = m["causes"][0]["id"] if m["causes"] else "-"
-        rows.append((name, cfg.get("dropout", "as given"), f"{cfg['recipe']} lr={cfg['lr']:g}", accs,
+        recipe = "own optimizer" if cfg.get("own_optimizer") else f"{cfg['recipe']} lr={cfg['lr']:g}"
+        rows.append((name, cfg.get("dropout", "as given"), recipe, accs,
                      m["verdict"], m["learning"], top))
     header = ("model", "dropout", "recipe", "val top-1 % per epoch", "verdict", "learning", "top cause")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]

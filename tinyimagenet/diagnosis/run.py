@@ -144,7 +144,8 @@ def _diagnose(model, train, val, loss_fn, optimizer, num_classes, cfg, data, nam
     subject = Subject(name=name or label, make_model=make, loss_fn=loss_fn or default_loss,
                       make_optimizer=optimizer_factory(optimizer, recipe_opt), num_classes=num_classes, **fields)
     schedule = (lambda opt, steps: make_scheduler(opt, tc, steps)) if optimizer is None else None  # noqa: E731
-    result["name"] = subject.name
+    result["name"] = result["config"]["model"] = subject.name
+    result["config"]["own_optimizer"], result["config"]["own_loss"] = optimizer is not None, loss_fn is not None
     ev = Evidence(num_classes, checks)
     ev.full_data = int(torch.bincount(subject.train_y).min()) + int(torch.bincount(subject.probe_y).min()) \
         >= FULL_TRAIN_PER_CLASS
@@ -302,11 +303,11 @@ def _fix_for(cause: str, ev: Evidence, checks: dict) -> Change | None:
         s = checks["input_stats"].data
         return Change("control", standardize=(tuple(s["mean"]), tuple(max(v, 1e-6) for v in s["std"])))
     if cause in ("learning_rate_too_low", "learning_rate_too_high", "non_finite_loss"):
-        lr_runs = [r for r in ev.fits if r.name.startswith("lr_")]
-        best = min(lr_runs, key=lambda r: r.final, default=None)
+        prefix = "lr_x" if cause == "learning_rate_too_low" else "lr_div"  # the direction the cause names
+        best = min((r for r in ev.fits if r.name.startswith(prefix)), key=lambda r: r.final, default=None)
         if best is not None and best.final < ev.base.final:
             return Change("control", lr_factor=best.lr / ev.base.lr)
-        if cause == "learning_rate_too_high":  # the batch fit at this lr: only the run can tell
+        if cause == "learning_rate_too_high":  # no fit to go by (the batch fit as given): two decades down
             return Change("control", lr_factor=0.01)
     return None
 

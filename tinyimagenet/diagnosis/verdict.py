@@ -35,7 +35,9 @@ NO_SIGNAL = 1.5          # labels "carry no signal" when 1-NN is below this mult
 ROOT = ("bad_labels", "outputs_are_probabilities", "stochastic_eval", "val_labels_misaligned",
         "train_labels_unlearnable", "learning_rate_too_high", "learning_rate_too_low", "dropout_too_strong",
         "weight_decay_too_strong", "input_not_normalized", "frozen_parameters", "batches_not_shuffled")
-SYMPTOMS = ("non_finite_loss", "collapsed_outputs", "dead_units", "vanishing_gradients", "exploding_gradients")
+# Symptoms in causal order, upstream first: gradients that vanish or explode leave units dead and
+# outputs collapsed; a non-finite loss is where exploding ends. The order, not the score, ranks them.
+SYMPTOMS = ("vanishing_gradients", "exploding_gradients", "non_finite_loss", "collapsed_outputs", "dead_units")
 CAUSES = ROOT + SYMPTOMS
 
 SUGGESTIONS = {
@@ -109,11 +111,17 @@ def judge_learning(ev: Evidence) -> str:
         return "learning"
     p0 = 1 / ev.num_classes
     p1 = min(0.999, POWER_EFFECT * p0)
-    if power(ev.val_test.n, p0, p1) >= 0.8 and ev.val_test.accuracy / 100 < STUCK_MAX * p0:
-        return "stuck"
-    ev.reasons.append(f"{ev.val_test.n} val images cannot tell {100 * p1:.2g}% from chance {100 * p0:.2g}% "
-                      f"(power {power(ev.val_test.n, p0, p1):.2f}); about {required_n(p0, p1):,} would")
-    return "undecided"
+    seen = power(ev.val_test.n, p0, p1)
+    if seen < 0.8:
+        ev.reasons.append(f"{ev.val_test.n} val images cannot tell {100 * p1:.2g}% from chance {100 * p0:.2g}% "
+                          f"(power {seen:.2f}); about {required_n(p0, p1):,} would")
+        return "undecided"
+    if ev.val_test.accuracy / 100 >= STUCK_MAX * p0:
+        ev.reasons.append(f"{ev.val_test.accuracy:.2f}% is {ev.val_test.accuracy / 100 / p0:.1f}x chance but not "
+                          "significant: the class-permutation test counts classes, not images; more classes or "
+                          "epochs would decide")
+        return "undecided"
+    return "stuck"
 
 
 def _control_for(ev: Evidence, cause: str):
@@ -188,13 +196,15 @@ def rank_causes(ev: Evidence) -> list[Cause]:
         sites = chk("dropout_sites").data["sites"] if chk("dropout_sites") else {}
         if "no_dropout" in fits:
             fit_evidence("dropout_too_strong", [fits["no_dropout"]], extra=[chk("dropout_sites").detail], where=list(sites))
-        if "standardized" in fits:
-            gain = fit_evidence("input_not_normalized", [fits["standardized"]], extra=[chk("input_stats").detail])
-            stats = chk("input_stats").data
+        stats = chk("input_stats").data if chk("input_stats") else None
+        if stats and stats["off"]:
+            gain = fit_evidence("input_not_normalized", [fits["standardized"]] if "standardized" in fits else [],
+                                extra=[chk("input_stats").detail])
             scale = max(max(abs(m) for m in stats["mean"]), max(stats["std"]), 1 / max(min(stats["std"]), 1e-9))
-            if not gain and strong_run and scale > 5:  # raw pixels, say: measured far off, let the control decide
+            if not gain and scale > 5:  # raw pixels, say: measured far off; only the control can confirm
                 add("input_not_normalized", min(1.0, math.log10(scale) / 2), 1, chk("input_stats").detail,
-                    f"one change: {fits['standardized'].describe()}")
+                    *([f"one change: {fits['standardized'].describe()}"] if "standardized" in fits else []))
+                found["input_not_normalized"].tentative = found["input_not_normalized"].tentative is not False
         if "no_weight_decay" in fits:
             fit_evidence("weight_decay_too_strong", [fits["no_weight_decay"]], extra=[chk("weight_decay").detail])
         if "log_outputs" in fits and "outputs_are_probabilities" in found:
@@ -204,11 +214,14 @@ def rank_causes(ev: Evidence) -> list[Cause]:
             modules = sorted({n.rsplit(".", 1)[0] for n in frozen})
             text = f"{len(frozen)} parameter tensors never changed in {len(base.losses)} steps: " + \
                    "; ".join(f"{n} ({why})" for n, why in list(frozen.items())[:6])
-            gain = fit_evidence("frozen_parameters", [fits["unfreeze"]] if "unfreeze" in fits else [], extra=[text],
-                                where=modules)
+            fit_evidence("frozen_parameters", [fits["unfreeze"]] if "unfreeze" in fits else [], extra=[text],
+                         where=modules)
             share = base.frozen_share  # of all parameter elements: a measurement, not a guess
-            if not gain and (strong_run or share >= FROZEN_SHARE):
-                add("frozen_parameters", share, 1, text + f" ({100 * share:.0f}% of the parameters)", where=modules)
+            if strong_run or share >= FROZEN_SHARE:
+                # Most of the model never moving is decisive for a run that fails: tier 0.
+                add("frozen_parameters", share, 0 if share >= 0.5 else 1,
+                    text + f" ({100 * share:.0f}% of the parameters)", where=modules)
+                found["frozen_parameters"].tentative = False
 
         # ---- labels, from the model's held-out predictions and the model-free 1-NN check
         sig = chk("label_signal")
@@ -246,12 +259,13 @@ def rank_causes(ev: Evidence) -> list[Cause]:
                     "after training", where=[site])
         if run is not None and run.grad_rows:
             _gradient_symptoms(run, add)
-        if base.fitted and any(k in found for k in ("dead_units", "collapsed_outputs", "exploding_gradients")) \
-                and "learning_rate_too_high" not in found:
-            # The batch fits, yet the run died: a step too large for the whole data set kills units
-            # without diverging on 8 images. Only the control at a lower lr can show it.
-            add("learning_rate_too_high", 0.5, 1, f"fixed batch fits ({base.describe()}) but the run's units died "
-                "or its outputs collapsed: a candidate for a control at lr /100")
+        died = [k for k in ("dead_units", "collapsed_outputs") if k in found]
+        alive_at_init = chk("init_loss") is not None and chk("init_loss").status == "pass"
+        if died and alive_at_init and "learning_rate_too_high" not in found:
+            # Sound at init, dead after training: a step too large for the whole data set kills
+            # units without diverging on 8 images. Only a control at a lower lr can show it.
+            add("learning_rate_too_high", 0.5, 1, f"the run left {' and '.join(died)} from a model whose loss at init "
+                f"was sound ({chk('init_loss').detail}): a candidate for a control at a lower lr")
             found["learning_rate_too_high"].tentative = True
 
     # ---- controls: the strongest evidence, and what puts a root cause first
@@ -280,7 +294,11 @@ def rank_causes(ev: Evidence) -> list[Cause]:
     elif causes:  # nothing upstream explains them: the symptom itself is the finding
         for c in causes:
             c.tier = min(c.tier, 1)
-    return sorted(causes, key=lambda c: (c.tier, c.refuted, -c.score, CAUSES.index(c.id)))
+
+    def key(c):
+        symptom_rank = SYMPTOMS.index(c.id) if c.id in SYMPTOMS else -1  # root causes before symptoms
+        return (c.tier, c.refuted, symptom_rank, -c.score, CAUSES.index(c.id))
+    return sorted(causes, key=key)
 
 
 def _gradient_symptoms(run: RunResult, add) -> None:
@@ -302,9 +320,9 @@ def _gradient_symptoms(run: RunResult, add) -> None:
             add("vanishing_gradients", min(1.0, -math.log10(median + 1e-30) / 10), 2,
                 f"median over {len(spreads)} sampled steps of smallest/largest layer gradient norm: {median:.1e}")
     top = max(ratios, default=0.0)
-    if not finite or top > 10:
-        add("exploding_gradients", 1.0 if not finite else min(1.0, math.log10(top) / 3), 2,
-            "non-finite gradients during training" if not finite else f"largest gradient/weight norm ratio {top:.2e}")
+    if top > 10:  # non-finite gradients alone are the non-finite loss's business (NaN inputs, say)
+        add("exploding_gradients", min(1.0, math.log10(top) / 3), 2,
+            f"largest gradient/weight norm ratio {top:.2e}" + ("" if finite else "; some gradients non-finite"))
 
 
 def suggestions_for(causes: list[Cause], ev: Evidence) -> list[str]:
