@@ -161,7 +161,7 @@ def fit_batch(subject: Subject, change: Change, x, y, *, steps: int, device, num
         torch.manual_seed(1_000 + step)  # the same dropout masks in every experiment
         with forward_context(model, change):
             loss = subject.loss_fn(model(x).float(), y)
-        value = float(loss.detach())
+        value = float(loss.detach())  # a host sync per step, on purpose: <= 50 steps, each may stop the fit
         if not math.isfinite(value):
             run.nonfinite = True
             break

@@ -16,6 +16,7 @@ fix: the control. The user's objects are never mutated and the global RNG state 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import random
 import time
@@ -135,17 +136,20 @@ def _diagnose(model, train, val, loss_fn, optimizer, num_classes, cfg, data, nam
         num_classes = data.num_classes
         fields = repo_data_subject(data, probe_per_class=cfg.probe_per_class, batch_size=tc.batch_size,
                                    seed=cfg.seed, device=device, normalize=cfg.normalize)
-    if reg_name is not None:
-        make = lambda: build_model(reg_name, num_classes=num_classes, dropout=cfg.dropout)  # noqa: E731
-        make, label = model_factory(make, num_classes, cfg.seed)[0], reg_name
-    else:
-        make, label = model_factory(model, num_classes, cfg.seed)
+    make, label = model_factory(functools.partial(build_model, reg_name, dropout=cfg.dropout) if reg_name
+                                else model, num_classes, cfg.seed)
+    label = reg_name or label
     recipe_opt = lambda m: make_optimizer(m, tc)  # noqa: E731
     subject = Subject(name=name or label, make_model=make, loss_fn=loss_fn or default_loss,
                       make_optimizer=optimizer_factory(optimizer, recipe_opt), num_classes=num_classes, **fields)
     schedule = (lambda opt, steps: make_scheduler(opt, tc, steps)) if optimizer is None else None  # noqa: E731
     result["name"] = result["config"]["model"] = subject.name
     result["config"]["own_optimizer"], result["config"]["own_loss"] = optimizer is not None, loss_fn is not None
+    _log(cfg, f"[{subject.name}] will run: label, batch and init checks; a fixed batch of {cfg.fit_batch} fitted "
+              f"for up to {cfg.fit_steps} steps (and once per change if it does not fit)"
+              + ("" if cfg.preflight_only else f"; {cfg.epochs} epochs on {len(subject.train_y)} train images, "
+                 f"{len(subject.probe_y)} held-out train and {len(subject.val_y)} val images predicted after each; "
+                 f"up to {cfg.max_controls if cfg.control else 0} control runs of the same size") + f"; on {device}")
     ev = Evidence(num_classes, checks)
     ev.full_data = int(torch.bincount(subject.train_y).min()) + int(torch.bincount(subject.probe_y).min()) \
         >= FULL_TRAIN_PER_CLASS
@@ -179,19 +183,17 @@ def _diagnose(model, train, val, loss_fn, optimizer, num_classes, cfg, data, nam
     ev.base = fit(Change("base"))
     step_seconds = (time.perf_counter() - t_fit) / max(1, len(ev.base.losses))
     if not ev.base.fitted:
-        ev.fits = _experiments(ev, checks, first_x, fit)
+        ev.fits = _experiments(ev, checks, fit)
     result["fit"] = [ev.base.to_json()] + [r.to_json() for r in ev.fits]
     n_train = len(subject.train_y)
     per_run = step_seconds / cfg.fit_batch * (n_train + (len(subject.val_y) + len(subject.probe_y)) / 3) * cfg.epochs
-    _log(cfg, f"[{subject.name}] plan: {cfg.epochs} epochs x {n_train} train images (batch {subject.batch_size}), "
-              f"{len(subject.probe_y)} held-out train + {len(subject.val_y)} val images predicted per epoch on "
-              f"{device}; rough cost {per_run:.0f} s per run, up to {cfg.max_controls if cfg.control else 0} "
-              "control runs more")
     if cfg.preflight_only:
         ev.status = "not trained"
         return _finish(result, ev, cfg, t0)
 
     # --------------------------------------------------------------------------- the short run
+    _log(cfg, f"[{subject.name}] rough cost, timed on the fixed-batch fit: {per_run:.0f} s per training run "
+              f"(batch {subject.batch_size}), and as much again per control run")
     amp = cfg.amp and device.type == "cuda"
     run = lambda change: train_short(subject, change, epochs=cfg.epochs, device=device, amp=amp,  # noqa: E731
                                      schedule=schedule)
@@ -215,7 +217,7 @@ def _diagnose(model, train, val, loss_fn, optimizer, num_classes, cfg, data, nam
             if tried >= cfg.max_controls or any(c["test"].significant and c["chance"].significant
                                                  for c in ev.controls):
                 break
-            if change is None or cause.id in {c["cause"] for c in ev.controls}:
+            if change is None or cause.refuted or cause.id in {c["cause"] for c in ev.controls}:
                 continue
             tried += 1
             _log(cfg, f"[{subject.name}] control: {cause.id} -> rerun with {change.describe()}")
@@ -249,13 +251,13 @@ def _weight_decay_check(opt) -> measure.Check:
 
 
 def _label_signal(subject: Subject, data, num_classes) -> dict:
-    train_loader, probe_loader, val_loader = subject.loaders(False if subject.train_x is not None else None)
-    tx, px, vx = train_loader.images, probe_loader.images, val_loader.images  # on the run's device
-    check = measure.label_signal(tx, subject.train_y, px, subject.probe_y, vx, subject.val_y, num_classes)
+    train_loader, _, val_loader = subject.loaders(False if subject.train_x is not None else None)
+    check = measure.label_signal(train_loader.images, subject.train_y, val_loader.images, subject.val_y, num_classes,
+                                 seed=0)
     return {check.name: check}
 
 
-def _experiments(ev: Evidence, checks: dict, inputs, fit) -> list:
+def _experiments(ev: Evidence, checks: dict, fit) -> list:
     """The one-change fits, run when the base fit fails; lr moves by 10x until fit or divergence."""
     runs = []
     if checks["dropout_sites"].data["sites"]:
@@ -314,8 +316,12 @@ def _fix_for(cause: str, ev: Evidence, checks: dict) -> Change | None:
 
 def _finish(result: dict, ev: Evidence, cfg: DiagnosisConfig, t0: float) -> dict:
     candidates = rank_causes(ev)
-    causes = [c for c in candidates if not c.tentative]
-    unconfirmed = [c.id for c in candidates if c.tentative]
+    causes = [c for c in candidates if not c.tentative and not c.refuted]
+    unconfirmed = [c.id for c in candidates if c.tentative and not c.refuted]
+    refuted = [c.id for c in candidates if c.refuted]
+    if refuted:
+        ev.reasons.append(f"fixed-batch experiments pointed at {', '.join(refuted)}, but the control run with that "
+                          "fix did no better: not reported as a cause")
     if unconfirmed:
         ev.reasons.append(f"fixed-batch experiments point at {', '.join(unconfirmed)}, but the run is too small "
                           "to call stuck and no control confirmed it: not reported as a cause")

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from .experiments import FitRun, RunResult
 from .stats import power, required_n, score as evidence_score, wilson_interval
 
+DECISIVE, CONFIRMED, CANDIDATE, SYMPTOM = 0, 1, 2, 3  # tiers, ranked in this order
+MIN_GAIN = 0.1          # below this share of ln C a one-change fit is no evidence, not even for a control
 FIT_MARGIN = 0.25        # a change must remove >= 25% of ln C more fixed-batch loss than the base fit
 STALLED = 0.05           # a base fit that removes < 5% of its initial loss has stalled
 POWER_EFFECT = 2.0       # "stuck" needs power 0.8 to see this multiple of chance, and an accuracy below
@@ -66,9 +68,9 @@ class Cause:
     id: str
     score: float
     evidence: list
-    tier: int = 1                       # 0: decisive or confirmed by a control; 1: root cause; 2: symptom
+    tier: int = 2                       # DECISIVE, CONFIRMED (by a control), CANDIDATE or SYMPTOM
     where: list = field(default_factory=list)   # modules or file:line the evidence points at
-    refuted: bool = False               # its control ran and did not fix the run: ranked after the rest
+    refuted: bool = False               # its control ran and made nothing better: not reported
     tentative: bool | None = None       # True: fit evidence alone on an undecided run; reported only once confirmed
 
     def to_json(self) -> dict:
@@ -145,19 +147,19 @@ def rank_causes(ev: Evidence) -> list[Cause]:
     chk = ev.checks.get
     # ---- decisive measurements: reported whatever training did
     if chk("labels") and chk("labels").status == "fail":
-        add("bad_labels", 1.0, 0, chk("labels").detail)
+        add("bad_labels", 1.0, DECISIVE, chk("labels").detail)
     out = chk("output_kind")
     if out and out.status == "fail":
-        add("outputs_are_probabilities", 1.0, 0, out.detail)
+        add("outputs_are_probabilities", 1.0, DECISIVE, out.detail)
     det = chk("eval_determinism")
     if det and det.status == "fail":
-        add("stochastic_eval", 1.0, 0, det.detail, where=list(det.data["sites"]))
+        add("stochastic_eval", 1.0, DECISIVE, det.detail, where=list(det.data["sites"]))
     ent = chk("batch_label_entropy")  # sorted batches are a bug whatever this short run shows
     if ent and ent.status == "warn":
-        add("batches_not_shuffled", 1 - ent.data["ratio"], 1, ent.detail)
+        add("batches_not_shuffled", 1 - ent.data["ratio"], DECISIVE, ent.detail)
     ann = chk("val_annotations")
     if ann and ann.status == "fail":
-        add("val_labels_misaligned", ann.data["mismatches"] / max(1, ann.data["n"]), 0, ann.detail)
+        add("val_labels_misaligned", ann.data["mismatches"] / max(1, ann.data["n"]), DECISIVE, ann.detail)
 
     # ---- experiments: only when the run fails
     if failing and base is not None:
@@ -166,21 +168,17 @@ def rank_causes(ev: Evidence) -> list[Cause]:
         fits = {r.name: r for r in ev.fits}
 
         def fit_evidence(cid, runs, extra=(), where=(), dose_response=False):
-            # A stalled base whose loss falls further at every x10 of the lr is the lr-too-low
-            # signature even when no single step clears the margin (lr 1e-7: x1000 is still slow).
-            margin = 0.0 if dose_response and stalled else FIT_MARGIN
-            useful = [r for r in runs if fit_gain(base, r, ln_c) >= max(margin, 1e-3) and not base.fitted]
-            if useful:
-                best = max(useful, key=lambda r: fit_gain(base, r, ln_c))
-                gain = fit_gain(base, best, ln_c)
-                text = [f"fixed batch: {base.describe()}"] + [f"one change: {r.describe()}" for r in runs] + list(extra)
-                add(cid, min(1.0, gain), 1, *text, where=where)
-                if not strong_run:  # a small run that may just be undecided: only a control can confirm
-                    found[cid].tentative = found[cid].tentative is not False
-                else:
-                    found[cid].tentative = False
-                return gain
-            return 0.0
+            """A candidate from one-change fits: firm past FIT_MARGIN on a stuck run, else tentative
+            (a control must confirm it); gains under MIN_GAIN are no evidence at all."""
+            gain = max((fit_gain(base, r, ln_c) for r in runs), default=0.0)
+            dose = dose_response and stalled and gain > 0
+            if base.fitted or (gain < MIN_GAIN and not dose):
+                return 0.0
+            text = [f"fixed batch: {base.describe()}"] + [f"one change: {r.describe()}" for r in runs] + list(extra)
+            add(cid, min(1.0, gain), CANDIDATE, *text, where=where)
+            firm = strong_run and (gain >= FIT_MARGIN or dose)
+            found[cid].tentative = False if firm else found[cid].tentative is not False
+            return gain
 
         ups = sorted([r for r in ev.fits if r.name.startswith("lr_x")], key=lambda r: r.lr)
         downs = sorted([r for r in ev.fits if r.name.startswith("lr_div")], key=lambda r: -r.lr)
@@ -202,7 +200,7 @@ def rank_causes(ev: Evidence) -> list[Cause]:
                                 extra=[chk("input_stats").detail])
             scale = max(max(abs(m) for m in stats["mean"]), max(stats["std"]), 1 / max(min(stats["std"]), 1e-9))
             if not gain and scale > 5:  # raw pixels, say: measured far off; only the control can confirm
-                add("input_not_normalized", min(1.0, math.log10(scale) / 2), 1, chk("input_stats").detail,
+                add("input_not_normalized", min(1.0, math.log10(scale) / 2), CANDIDATE, chk("input_stats").detail,
                     *([f"one change: {fits['standardized'].describe()}"] if "standardized" in fits else []))
                 found["input_not_normalized"].tentative = found["input_not_normalized"].tentative is not False
         if "no_weight_decay" in fits:
@@ -219,43 +217,43 @@ def rank_causes(ev: Evidence) -> list[Cause]:
             share = base.frozen_share  # of all parameter elements: a measurement, not a guess
             if strong_run or share >= FROZEN_SHARE:
                 # Most of the model never moving is decisive for a run that fails: tier 0.
-                add("frozen_parameters", share, 0 if share >= 0.5 else 1,
+                add("frozen_parameters", share, DECISIVE if share >= 0.5 else CANDIDATE,
                     text + f" ({100 * share:.0f}% of the parameters)", where=modules)
                 found["frozen_parameters"].tentative = False
 
         # ---- labels, from the model's held-out predictions and the model-free 1-NN check
         sig = chk("label_signal")
         if ev.gap_test is not None and ev.gap_test.significant and not ev.val_test.significant:
-            add("val_labels_misaligned", evidence_score(ev.gap_test.p_value, 1.0), 1,
+            add("val_labels_misaligned", evidence_score(ev.gap_test.p_value, 1.0), CANDIDATE,
                 f"model: {ev.gap_test.describe('val', 'held-out train')}")
         if sig is not None and sig.data["gap"].significant and not sig.data["val"].significant:
-            add("val_labels_misaligned", evidence_score(sig.data["gap"].p_value, 1.0), 1, sig.detail)
+            add("val_labels_misaligned", evidence_score(sig.data["gap"].p_value, 1.0), CANDIDATE, sig.detail)
         if sig is not None and ev.probe_test is not None and not ev.probe_test.significant:
             # "No signal" must be shown, not just "not significant": real labels on 10 classes give
             # the 1-NN only ~1.6x chance (16% on 100 held-out images, p = 0.05), which a bare
-            # non-significance rule read as unlearnable. Pooled held-out train + val, the 1-NN
-            # accuracy must be below NO_SIGNAL x chance with 95% confidence.
-            probe, val = sig.data["probe"], sig.data["val"]
-            k = round(probe.accuracy * probe.n / 100) + round(val.accuracy * val.n / 100)
-            hi = wilson_interval(k, probe.n + val.n)[1]
+            # non-significance rule read as unlearnable. Leave-one-out within train, the 1-NN
+            # accuracy must lie below NO_SIGNAL x chance with 95% confidence.
+            t = sig.data["train"]
+            k = round(t.accuracy * t.n / 100)
+            hi = wilson_interval(k, t.n)[1]
             if hi < NO_SIGNAL / ev.num_classes:
                 # Tier 0: no lr, dropout or other change can make a model learn labels without signal.
-                add("train_labels_unlearnable", 1 - hi * ev.num_classes / NO_SIGNAL, 0, sig.detail,
-                    f"1-NN over held-out train and val together: {k}/{probe.n + val.n}, upper 95% bound "
-                    f"{100 * hi:.2f}% < {NO_SIGNAL:g}x chance", f"model on held-out train images: {ev.probe_test.describe()}")
+                add("train_labels_unlearnable", 1 - hi * ev.num_classes / NO_SIGNAL, DECISIVE, sig.detail,
+                    f"1-NN within train: {k}/{t.n}, upper 95% bound {100 * hi:.2f}% < {NO_SIGNAL:g}x chance",
+                    f"model on held-out train images: {ev.probe_test.describe()}")
 
         # ---- symptoms, measured during the failing run
         run = ev.run
         if run is not None and run.nonfinite:
             e, s, v = run.nonfinite
-            add("non_finite_loss", 1.0, 2, f"training loss became {v} at epoch {e}, step {s}")
+            add("non_finite_loss", 1.0, SYMPTOM, f"training loss became {v} at epoch {e}, step {s}")
         if run is not None and run.history and run.input_dependence < 1e-3:
-            add("collapsed_outputs", 1.0, 2, f"logits vary across inputs by {run.input_dependence:.2e} "
+            add("collapsed_outputs", 1.0, SYMPTOM, f"logits vary across inputs by {run.input_dependence:.2e} "
                 "(std of row-centered logits, val batch): the outputs ignore the input")
         if run is not None and run.dead:
             site, frac = max(run.dead.items(), key=lambda kv: kv[1])
             if frac >= 0.9:
-                add("dead_units", frac, 2, f"{100 * frac:.0f}% of the units at {site} never active on a batch "
+                add("dead_units", frac, SYMPTOM, f"{100 * frac:.0f}% of the units at {site} never active on a batch "
                     "after training", where=[site])
         if run is not None and run.grad_rows:
             _gradient_symptoms(run, add)
@@ -264,9 +262,9 @@ def rank_causes(ev: Evidence) -> list[Cause]:
         if died and alive_at_init and "learning_rate_too_high" not in found:
             # Sound at init, dead after training: a step too large for the whole data set kills
             # units without diverging on 8 images. Only a control at a lower lr can show it.
-            add("learning_rate_too_high", 0.5, 1, f"the run left {' and '.join(died)} from a model whose loss at init "
+            add("learning_rate_too_high", 0.5, CANDIDATE, f"the run left {' and '.join(died)} from a model whose loss at init "
                 f"was sound ({chk('init_loss').detail}): a candidate for a control at a lower lr")
-            found["learning_rate_too_high"].tentative = True
+            found["learning_rate_too_high"].tentative = not strong_run
 
     # ---- controls: the strongest evidence, and what puts a root cause first
     for ctl in ev.controls:
@@ -278,26 +276,26 @@ def rank_causes(ev: Evidence) -> list[Cause]:
         effect = max(0.0, min(1.0, 1 - base_ex / ctl_ex))
         above = ctl["chance"]
         if t.significant and above.significant:  # better than the run, and learning at all
-            add(ctl["cause"], evidence_score(t.p_value, effect), 0, text, f"control: {above.describe()}")
+            add(ctl["cause"], evidence_score(t.p_value, effect), CONFIRMED, text, f"control: {above.describe()}")
             found[ctl["cause"]].tentative = False
         elif ctl["cause"] in found:
             c = found[ctl["cause"]]
             c.evidence.append(f"{text}; control: {above.describe()} - not confirmed")
             # No better at all: evidence against this cause. Better but not significantly (a small
             # val set): neither for nor against, so the cause keeps its place.
-            c.refuted = c.tier > 0 and t.diff <= 0
+            c.refuted = c.tier > CONFIRMED and t.diff <= 0
     causes = list(found.values())
-    if any(c.id in ROOT for c in causes):  # a root cause explains the symptoms: they follow it
+    if any(c.id in ROOT and not c.refuted for c in causes):  # a root cause explains the symptoms: they follow it
         for c in causes:
             if c.id in SYMPTOMS:
-                c.tier = 2
+                c.tier = SYMPTOM
     elif causes:  # nothing upstream explains them: the symptom itself is the finding
         for c in causes:
-            c.tier = min(c.tier, 1)
+            c.tier = min(c.tier, CANDIDATE)
 
     def key(c):
         symptom_rank = SYMPTOMS.index(c.id) if c.id in SYMPTOMS else -1  # root causes before symptoms
-        return (c.tier, c.refuted, symptom_rank, -c.score, CAUSES.index(c.id))
+        return (c.refuted, c.tier, bool(c.tentative), symptom_rank, -c.score, CAUSES.index(c.id))
     return sorted(causes, key=key)
 
 
@@ -317,11 +315,11 @@ def _gradient_symptoms(run: RunResult, add) -> None:
         spreads.sort()
         median = spreads[len(spreads) // 2]
         if median < 1e-5:
-            add("vanishing_gradients", min(1.0, -math.log10(median + 1e-30) / 10), 2,
+            add("vanishing_gradients", min(1.0, -math.log10(median + 1e-30) / 10), SYMPTOM,
                 f"median over {len(spreads)} sampled steps of smallest/largest layer gradient norm: {median:.1e}")
     top = max(ratios, default=0.0)
     if top > 10:  # non-finite gradients alone are the non-finite loss's business (NaN inputs, say)
-        add("exploding_gradients", min(1.0, math.log10(top) / 3), 2,
+        add("exploding_gradients", min(1.0, math.log10(top) / 3), SYMPTOM,
             f"largest gradient/weight norm ratio {top:.2e}" + ("" if finite else "; some gradients non-finite"))
 
 
