@@ -32,7 +32,7 @@ from tinyimagenet.diagnosis import ALL_MODELS, DiagnosisConfig, diagnose, format
 EXAMPLES = """examples:
   python quick_diagnosis.py --models BaselineCNN --dropout legacy --train-per-class 20 --val-per-class 10
   python quick_diagnosis.py --model examples/softmax_head.py:SoftmaxHeadCNN --data-dir /tmp/tin \\
-      --train-per-class 20 --val-per-class 10 --epochs 2
+      --train-per-class 20 --val-per-class 50 --epochs 3
   python quick_diagnosis.py --model my_net.py:MyNet --data my_data.py:get_splits
       my_net.py:MyNet   an nn.Module class, a factory function, or a module instance; called with
                         num_classes=C when it takes that argument

@@ -64,6 +64,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="tiny-imagenet-200 or its parent (default $TINYIMAGENET_ROOT, else the subset zip "
                         "in ../shared/data extracted to a temp folder)")
     p.add_argument("--list", action="store_true", help="print the set-ups and exit")
+    p.add_argument("--summarize", nargs="+", metavar="JSON",
+                   help="no runs: print the table and scores of rows saved with --json (runs split over calls)")
     return p
 
 
@@ -161,6 +163,13 @@ def main(argv=None) -> dict:
         for s in setups:
             print(f"{s.name:<36} {s.cause or 'healthy':<26} {s.arch:<24} {s.severity}{'  [quick]' if s.quick else ''}")
         return {}
+    if args.summarize:  # a suite split over several calls (seeds, added set-ups), scored as one
+        rows = [r for path in args.summarize for r in json.loads(Path(path).read_text())]
+        for r in rows:
+            print(_fmt(r))
+        recall, alarms = summary(rows)
+        print(f"top1_recall: {recall:.3f} false_alarm_rate: {alarms:.3f}")
+        return {"rows": rows, "top1_recall": recall, "false_alarm_rate": alarms}
     if args.only:
         unknown = set(args.only) - {s.name for s in setups}
         if unknown:

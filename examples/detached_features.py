@@ -4,7 +4,7 @@ Only the last layer ever learns; every conv weight stays at its random init. The
 measures which parameters never change during a fit, and why (no gradient reaches them).
 
     python quick_diagnosis.py --model examples/detached_features.py:build --data-dir /tmp/tin \
-        --train-per-class 20 --val-per-class 10 --epochs 2
+        --train-per-class 20 --val-per-class 50 --epochs 3
 """
 import torch.nn as nn
 

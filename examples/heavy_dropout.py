@@ -4,7 +4,7 @@ No nn.Dropout module anywhere, so a module audit sees nothing; the diagnosis swi
 dropout call (functional ones included) and names the lines.
 
     python quick_diagnosis.py --model examples/heavy_dropout.py:HeavyDropoutCNN --data-dir /tmp/tin \
-        --train-per-class 20 --val-per-class 10 --epochs 2
+        --train-per-class 20 --val-per-class 50 --epochs 3 --lr 1e-3
 """
 import torch.nn as nn
 import torch.nn.functional as F

@@ -4,7 +4,7 @@ nn.CrossEntropyLoss applies log-softmax itself, so it sees log(softmax(z)) of pr
 loss is squeezed into about [ln C - 1, ln C] and training barely moves (the seed's "5.30 -> 5.29").
 
     python quick_diagnosis.py --model examples/softmax_head.py:SoftmaxHeadCNN --data-dir /tmp/tin \
-        --train-per-class 20 --val-per-class 10 --epochs 2
+        --train-per-class 20 --val-per-class 50 --epochs 3
 """
 import torch.nn as nn
 import torch.nn.functional as F

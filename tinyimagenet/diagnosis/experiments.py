@@ -191,7 +191,7 @@ class RunResult:
     probe_preds: torch.Tensor | None = None
     grad_rows: list = field(default_factory=list)    # per sampled step: {"step", "layer", "grad_norm", "weight_norm"}
     dead: dict = field(default_factory=dict)         # ReLU site -> share of units never active, end of run
-    input_dependence: float = float("nan")           # how much the logits vary across inputs, end of run
+    input_dependence: float = float("nan")           # share of the logits' variation due to the input, end of run
     seconds: float = 0.0
 
     @property
@@ -217,9 +217,17 @@ def predict(model, loader, change: Change, amp: bool) -> tuple[torch.Tensor, tor
 
 
 def input_dependence(logits: torch.Tensor) -> float:
-    """Std across images of the row-centered logits, averaged over classes (0: collapsed outputs)."""
-    centered = logits - logits.mean(1, keepdim=True)  # softmax ignores a per-row shift
-    return float(centered.std(0).mean()) if len(logits) > 1 else float("nan")
+    """Share of the logits' variation that comes from the input: 0 when the outputs ignore it.
+
+    Std across images of the row-centred logits (softmax ignores a per-row shift), over that plus
+    the std across classes of the mean logits (the class prior a bias alone can learn). A ratio,
+    because an absolute threshold flagged a healthy BN-free model whose logits are small early on.
+    """
+    if len(logits) < 2:
+        return float("nan")
+    centered = logits - logits.mean(1, keepdim=True)
+    across_inputs, across_classes = float(centered.std(0).mean()), float(centered.mean(0).std())
+    return across_inputs / (across_inputs + across_classes + 1e-12)
 
 
 def train_short(subject: Subject, change: Change, *, epochs: int, device, amp: bool = False,

@@ -323,8 +323,9 @@ def _finish(result: dict, ev: Evidence, cfg: DiagnosisConfig, t0: float) -> dict
         ev.reasons.append(f"fixed-batch experiments pointed at {', '.join(refuted)}, but the control run with that "
                           "fix did no better: not reported as a cause")
     if unconfirmed:
-        ev.reasons.append(f"fixed-batch experiments point at {', '.join(unconfirmed)}, but the run is too small "
-                          "to call stuck and no control confirmed it: not reported as a cause")
+        small = " the run is too small to call stuck and" if ev.status == "undecided" else ""
+        ev.reasons.append(f"fixed-batch experiments point at {', '.join(unconfirmed)}, but{small} no control "
+                          "confirmed it: not reported as a cause")
     if ev.status in ("learning", "not trained") and not causes:
         verdict = "PASS"
     elif causes or ev.status == "diverged" or (ev.status == "stuck" and ev.full_data):

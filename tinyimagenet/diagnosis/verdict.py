@@ -248,8 +248,8 @@ def rank_causes(ev: Evidence) -> list[Cause]:
             e, s, v = run.nonfinite
             add("non_finite_loss", 1.0, SYMPTOM, f"training loss became {v} at epoch {e}, step {s}")
         if run is not None and run.history and run.input_dependence < 1e-3:
-            add("collapsed_outputs", 1.0, SYMPTOM, f"logits vary across inputs by {run.input_dependence:.2e} "
-                "(std of row-centered logits, val batch): the outputs ignore the input")
+            add("collapsed_outputs", 1.0, SYMPTOM, f"{run.input_dependence:.1e} of the logits' variation comes from "
+                "the input (std across val images vs across classes): the outputs ignore the input")
         if run is not None and run.dead:
             site, frac = max(run.dead.items(), key=lambda kv: kv[1])
             if frac >= 0.9:
