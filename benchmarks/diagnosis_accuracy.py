@@ -65,7 +65,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "in ../shared/data extracted to a temp folder)")
     p.add_argument("--list", action="store_true", help="print the set-ups and exit")
     p.add_argument("--summarize", nargs="+", metavar="JSON",
-                   help="no runs: print the table and scores of rows saved with --json (runs split over calls)")
+                   help="no runs: score rows saved with --json by several calls (a later file's row replaces an "
+                        "earlier one for the same set-up and seed)")
     return p
 
 
@@ -164,7 +165,9 @@ def main(argv=None) -> dict:
             print(f"{s.name:<36} {s.cause or 'healthy':<26} {s.arch:<24} {s.severity}{'  [quick]' if s.quick else ''}")
         return {}
     if args.summarize:  # a suite split over several calls (seeds, added set-ups), scored as one
-        rows = [r for path in args.summarize for r in json.loads(Path(path).read_text())]
+        # A later file's row replaces an earlier one for the same set-up and seed (a rerun).
+        by_key = {(r["setup"], r["seed"]): r for path in args.summarize for r in json.loads(Path(path).read_text())}
+        rows = sorted(by_key.values(), key=lambda r: (r["seed"], [s.name for s in SETUPS].index(r["setup"])))
         for r in rows:
             print(_fmt(r))
         recall, alarms = summary(rows)

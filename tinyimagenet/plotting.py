@@ -77,7 +77,7 @@ def val_accuracy(report: dict):
     for name, m in models:
         e = m["epochs"]
         n = max([n] + [r["epoch"] for r in e])
-        verdict = "PASS" if m.get("passed") else "FAIL"
+        verdict = m.get("verdict") or ("PASS" if m.get("passed") else "FAIL")
         ax.plot([r["epoch"] for r in e], [r["val_acc"] for r in e], marker="o",
                 label=f"{name} ({m.get('config', {}).get('dropout', '?')}) {verdict}")
         control = m.get("control") or {}
