@@ -264,3 +264,45 @@ def test_cli_user_model_file_on_real_images(real_small_root, tmp_path):
     assert all(set(c) >= {"id", "evidence"} for c in m["causes"])
     assert m["passed"] is False and m["causes"][0]["id"] == "outputs_are_probabilities"
     assert report["exit_code"] == 1
+
+
+class NaNImages(torch.utils.data.Dataset):
+    """A user's dataset in which one image in ten decodes as NaN."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        x, y = self.base[i]
+        return (torch.full_like(x, float("nan")) if i % 10 == 3 else x), y
+
+
+def test_nan_images_are_a_non_finite_loss(data):
+    train, val = data
+    r = run(SmallCNN, NaNImages(train), val)
+    assert r["verdict"] == "FAIL" and top(r) == "non_finite_loss" and r["learning"] == "diverged"
+
+
+class HugeInit(nn.Module):
+    """Four BN-free convs initialized N(0, 1): each layer multiplies activations by ~sqrt(fan-in)."""
+
+    def __init__(self, num_classes=C):
+        super().__init__()
+        chans = (3, 16, 32, 32, 32)
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(chans, chans[1:]))
+        for conv in self.convs:
+            nn.init.normal_(conv.weight, std=1.0)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        for conv in self.convs:
+            x = F.relu(conv(x))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def test_huge_init_has_exploding_gradients(data):
+    r = run(HugeInit, *data, optimizer=lambda p: torch.optim.SGD(p, lr=0.01))
+    assert r["verdict"] == "FAIL" and "exploding_gradients" in [c["id"] for c in r["causes"]]
