@@ -36,7 +36,8 @@ def call_site() -> str:
     while frame is not None:
         path = os.path.abspath(frame.f_code.co_filename)
         if not path.startswith(_SKIP) and "contextlib" not in path:
-            return f"{os.path.relpath(path) if not os.path.relpath(path).startswith('..') else path}:{frame.f_lineno}"
+            rel = os.path.relpath(path)
+            return f"{path if rel.startswith('..') else rel}:{frame.f_lineno}"  # relative inside the cwd
         frame = frame.f_back
     return "?"
 

@@ -164,7 +164,7 @@ def _diagnose(model, train, val, loss_fn, optimizer, num_classes, cfg, data, nam
         checks[ann.name] = ann
     if "labels" in checks:
         return _finish(result, ev, cfg, t0)
-    x, y = _fixed_batch(subject, data, cfg, device)
+    x, y = _fixed_batch(subject, cfg, device)
     model0 = subject.make_model().to(device)
     train_loader, _, _ = subject.loaders()
     first_x, _ = next(iter(train_loader))
@@ -174,7 +174,7 @@ def _diagnose(model, train, val, loss_fn, optimizer, num_classes, cfg, data, nam
                   _weight_decay_check(subject.make_optimizer(model0))):
         checks[check.name] = check
     del model0
-    ev.checks.update(_label_signal(subject, data, num_classes))
+    ev.checks.update(_label_signal(subject, num_classes))
 
     # ------------------------------------------------------------------------- fixed-batch fits
     fit = lambda change: fit_batch(subject, change, x, y, steps=cfg.fit_steps, device=device,  # noqa: E731
@@ -234,7 +234,7 @@ def _diagnose(model, train, val, loss_fn, optimizer, num_classes, cfg, data, nam
     return _finish(result, ev, cfg, t0)
 
 
-def _fixed_batch(subject, data, cfg, device):
+def _fixed_batch(subject, cfg, device):
     g = torch.Generator().manual_seed(cfg.seed)
     idx = torch.randperm(len(subject.train_y), generator=g)[:cfg.fit_batch]
     if subject.train_x is not None:
@@ -250,7 +250,7 @@ def _weight_decay_check(opt) -> measure.Check:
                          f"({type(opt).__name__})", {"max": wd})
 
 
-def _label_signal(subject: Subject, data, num_classes) -> dict:
+def _label_signal(subject: Subject, num_classes) -> dict:
     train_loader, _, val_loader = subject.loaders(False if subject.train_x is not None else None)
     check = measure.label_signal(train_loader.images, subject.train_y, val_loader.images, subject.val_y, num_classes,
                                  seed=0)

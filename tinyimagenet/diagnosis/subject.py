@@ -179,7 +179,8 @@ def user_data_subject(train, val, num_classes, *, probe_per_class, batch_size, s
     keep = torch.ones(len(ty), dtype=torch.bool)
     keep[probe] = False
     bs = loader_bs or batch_size
-    px, py, tx, ty = tx[probe], ty[probe], tx[keep], ty[keep]
+    px, py, tx, ty = tx[probe].to(device), ty[probe], tx[keep].to(device), ty[keep]  # once, not per run
+    vx = vx.to(device)
 
     def loaders(shuffle: bool | None = None):
         return (TensorBatches(tx, ty, bs, shuffle=shuffled if shuffle is None else shuffle, device=device, seed=seed),
@@ -194,14 +195,17 @@ def repo_data_subject(data: Data, *, probe_per_class, batch_size, seed, device, 
     probe = probe_indices(data.train_targets, data.num_classes, probe_per_class)
     keep = torch.ones(len(data.train_targets), dtype=torch.bool)
     keep[probe] = False
-    tx, ty = data.train_images[keep], data.train_targets[keep]
-    px, py = data.train_images[probe], data.train_targets[probe]
+    # Images go to the device once here: every run and check builds its loaders from these, and
+    # BatchLoader's own .to(device) is then free instead of a copy of the data per call.
+    tx, ty = data.train_images[keep].to(device), data.train_targets[keep]
+    px, py = data.train_images[probe].to(device), data.train_targets[probe]
+    vx = data.val_images.to(device)
     common = dict(device=device, seed=seed, normalize=normalize)
 
     def loaders(shuffle: bool | None = None):
         return (BatchLoader(tx, ty, batch_size, train=True, **common),
                 BatchLoader(px, py, 256, train=False, **common),
-                BatchLoader(data.val_images, data.val_targets, 256, train=False, **common))
+                BatchLoader(vx, data.val_targets, 256, train=False, **common))
     return dict(train_x=None, train_y=ty, probe_y=py, val_y=data.val_targets, batch_size=batch_size,
                 shuffled=True, loaders=loaders, user_data=False, root=data.root, val_files=data.val_files,
                 classes=list(data.classes))
