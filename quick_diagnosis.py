@@ -27,7 +27,8 @@ if __name__ == "__main__" and "IPython" not in sys.modules:
     # tinyimagenet/runtime.py). Under %run in Jupyter the user's process is left alone.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from tinyimagenet.diagnosis import ALL_MODELS, DiagnosisConfig, diagnose, format_report, to_json
+from tinyimagenet.diagnosis import DiagnosisConfig, diagnose, format_report, to_json
+from tinyimagenet.registry import MODELS
 
 EXAMPLES = """examples:
   python quick_diagnosis.py --models BaselineCNN --dropout legacy --train-per-class 20 --val-per-class 10
@@ -51,8 +52,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                      help="your data: FUNCTION() returns (train_dataset, val_dataset, num_classes)")
     p.add_argument("--archive", help="local path or file:// URL of tiny-imagenet-200.zip to extract")
     p.add_argument("--download", action="store_true", help="download the archive into --data-dir when absent")
-    p.add_argument("--models", nargs="+", default=None, choices=ALL_MODELS, metavar="NAME",
-                   help=f"registry models to check (default, without --model: all of {' '.join(ALL_MODELS)})")
+    p.add_argument("--models", nargs="+", default=None, choices=list(MODELS), metavar="NAME",
+                   help=f"registry models to check (default, without --model: all of {' '.join(MODELS)})")
     p.add_argument("--model", action="append", default=[], metavar="FILE.py:NAME",
                    help="your model: a class, factory or instance NAME in FILE.py (repeatable)")
     p.add_argument("--loss", metavar="FILE.py:NAME", help="your loss: NAME(logits, targets) -> scalar")
@@ -147,7 +148,7 @@ def main(argv=None) -> dict:
     opts = vars(args).copy()
     out, json_path, strict = opts.pop("out"), opts.pop("json"), opts.pop("strict")
     user_models, data_spec, loss_spec, opt_spec = opts.pop("model"), opts.pop("data"), opts.pop("loss"), opts.pop("optimizer")
-    registry = opts.pop("models") or ([] if user_models else list(ALL_MODELS))
+    registry = opts.pop("models") or ([] if user_models else list(MODELS))
     cfg = DiagnosisConfig(models=registry, **opts)
     models = [(name, name) for name in registry] + [(spec.rpartition(":")[2], load_object(spec, "--model"))
                                                     for spec in user_models]
@@ -168,12 +169,10 @@ def main(argv=None) -> dict:
                    if hasattr(train, "dataset") else len(train), "val_images": len(val.dataset)
                    if hasattr(val, "dataset") else len(val)}
     else:
-        from tinyimagenet.loaders import load_data
+        from tinyimagenet.diagnosis.run import dataset_summary, load_repo_data
 
-        data = load_data(cfg.data_dir, archive=cfg.archive, synthetic=cfg.synthetic, download=cfg.download,
-                         train_per_class=cfg.train_per_class, val_per_class=cfg.val_per_class, progress=cfg.progress)
-        dataset = {"root": data.root, "num_classes": data.num_classes, "train_images": len(data.train_targets),
-                   "val_images": len(data.val_targets)}
+        data = load_repo_data(cfg)
+        dataset = dataset_summary(data)
     import math
 
     report = {"dataset": {**dataset, "ln_num_classes": math.log(dataset["num_classes"])}, "models": {}}

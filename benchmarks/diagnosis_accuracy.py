@@ -40,7 +40,7 @@ from faults import PROBE_PER_CLASS, SETUPS, TRAIN_PER_CLASS, VAL_PER_CLASS, Pool
 
 from tinyimagenet.diagnosis import DiagnosisConfig, diagnose  # noqa: E402
 from tinyimagenet.diagnosis.stats import wilson_interval  # noqa: E402
-from tinyimagenet.diagnosis.verdict import CAUSES  # noqa: E402
+from tinyimagenet.diagnosis.causes import ids as cause_ids  # noqa: E402
 from tinyimagenet.loaders import load_data  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,11 +125,11 @@ def summary(rows: list) -> tuple[float, float]:
     faulty = [r for r in rows if r["cause"] != "healthy"]
     healthy = [r for r in rows if r["cause"] == "healthy"]
     print("\nrecall per cause (top-1 by the rule above):")
-    for cid in CAUSES:
+    for cid in cause_ids():
         rs = [r for r in faulty if r["cause"] == cid]
         if rs:
             print(f"  {cid:<26} {sum(r['correct'] for r in rs)}/{len(rs)}")
-    missing = [c for c in CAUSES if not any(r["cause"] == c for r in faulty)]
+    missing = [c for c in cause_ids() if not any(r["cause"] == c for r in faulty)]
     if missing:
         print(f"  not injected in this run: {', '.join(missing)}")
     k_r, n_r = sum(r["correct"] for r in faulty), len(faulty)

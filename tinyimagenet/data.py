@@ -29,43 +29,20 @@ from typing import Callable, Sequence
 from PIL import Image
 from torchvision.datasets import VisionDataset
 
+from .download import ensure_downloaded
+from .layout import DEFAULT_ROOT, ENV_ROOT, FOLDER_NAME, DatasetError, find_root  # noqa: F401 (this module's API)
+
 SPLITS = ("train", "val", "test")
-FOLDER_NAME = "tiny-imagenet-200"
 # Per-channel mean/std of the Tiny ImageNet train split (RGB, [0,1] scale). Checked against the
 # real subset in tests/test_data.py (within 0.01), so a wrong constant cannot go unnoticed.
 MEAN = (0.4802, 0.4481, 0.3975)
 STD = (0.2770, 0.2691, 0.2821)
 IMAGE_SIZE = 64
-ENV_ROOT = "TINYIMAGENET_ROOT"
-DEFAULT_ROOT = Path("data") / FOLDER_NAME
-
-
-class DatasetError(RuntimeError):
-    """A problem with the data on disk; the message names the path and what to do."""
 
 
 def _natural_key(path: str) -> tuple:
     # "x_10.JPEG" after "x_9.JPEG": the official files are numbered, keep their order.
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path))
-
-
-def find_root(root: str | os.PathLike | None) -> Path:
-    """The `tiny-imagenet-200` folder: `root` itself or the folder inside it.
-
-    `root=None` means `$TINYIMAGENET_ROOT` or `./data/tiny-imagenet-200`.
-    """
-    if root is None:
-        root = os.environ.get(ENV_ROOT) or DEFAULT_ROOT
-    root = Path(root).expanduser()
-    for candidate in (root, root / FOLDER_NAME):
-        if (candidate / "wnids.txt").is_file() or (candidate / "train").is_dir():
-            return candidate
-    raise DatasetError(
-        f"No Tiny ImageNet at {root}: expected {root / FOLDER_NAME}/wnids.txt. Pass --download "
-        f"(download=True) to fetch the official archive into it, or --archive PATH (archive=PATH) "
-        f"to extract a local tiny-imagenet-200.zip there, or point --data-dir / ${ENV_ROOT} at an "
-        f"extracted copy."
-    )
 
 
 def read_classes(root: Path) -> list[str]:
@@ -247,8 +224,6 @@ class TinyImageNet(VisionDataset):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if download or archive:
-            from .download import ensure_downloaded
-
             root = ensure_downloaded(root, archive=archive)
         root = find_root(root)
         super().__init__(str(root), transform=transform, target_transform=target_transform)

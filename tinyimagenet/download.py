@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .data import ENV_ROOT, FOLDER_NAME, DatasetError, find_root
+from .layout import ENV_ROOT, FOLDER_NAME, DatasetError, find_root
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 MD5 = "90528d7ca1a48142e341f4ef8d21d0de"

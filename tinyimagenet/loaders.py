@@ -24,6 +24,16 @@ from .data import MEAN, STD, DatasetError, find_root
 from .synthetic import make_synthetic
 
 
+def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    """The CPU generator of epoch `epoch`'s draws: one formula for every batch source (BatchLoader
+    here, the diagnosis's TensorBatches), so the same seed shuffles the same way everywhere.
+    `stream` separates independent draws of one epoch (the order: 0; the augmentation: 7_919)."""
+    return torch.Generator(device="cpu").manual_seed(seed * 100_003 + epoch + stream)
+
+
+AUGMENT_STREAM = 7_919
+
+
 # ------------------------------------------------------------- batched augmentation on device
 def crop_flip(images: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, flip: torch.Tensor,
               pad: int, *, index: torch.Tensor | None = None,
@@ -125,8 +135,7 @@ class BatchLoader:
             per = -(-n // self.world_size)
             lo, hi = min(n, self.rank * per), min(n, (self.rank + 1) * per)
             return torch.arange(lo, hi, device=self.device)
-        g = torch.Generator(device="cpu").manual_seed(self.seed * 100_003 + self.epoch)
-        perm = torch.randperm(n, generator=g)
+        perm = torch.randperm(n, generator=epoch_generator(self.seed, self.epoch))
         per = n // self.world_size  # equal step counts on every rank
         return perm[self.rank::self.world_size][:per].to(self.device)
 
@@ -150,12 +159,17 @@ class BatchLoader:
         aug = None
         if self.augment:  # one draw per image for the whole epoch: skipping batches stays exact
             n = len(idx)
-            g = torch.Generator(device="cpu").manual_seed(self.seed * 100_003 + self.epoch + 7_919)
+            g = epoch_generator(self.seed, self.epoch, AUGMENT_STREAM)
             dx = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
             dy = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
             flip = torch.rand(n, generator=g) < 0.5
             aug = tuple(t.to(self.device) for t in (dx, dy, flip))
         return self._batches(idx, aug)
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images `idx` as the model receives them, without augmentation: (x NCHW float, y)."""
+        idx = idx.to(self.device)
+        return self.normalizer(self.images.index_select(0, idx)), self.targets.index_select(0, idx)
 
     def _batches(self, idx: torch.Tensor, aug):
         n = len(idx)

@@ -94,6 +94,27 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
+@contextlib.contextmanager
+def preserved_rng():
+    """Every global RNG as found on entry, restored on exit: torch's CPU and every CUDA device's
+    (`rng_state` per device), Python's `random` and NumPy's. For library code that seeds
+    (the diagnosis) inside a user's process, which must be left as it was."""
+    import random
+
+    import numpy as np
+
+    devices = [torch.device("cpu")] + [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    saved = [(d, rng_state(d)) for d in devices]
+    host = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        for d, state in saved:
+            set_rng_state(state, d)
+        random.setstate(host[0])
+        np.random.set_state(host[1])
+
+
 class StepBoundaryInterrupt:
     """Inside this context, Ctrl-C stops the run between training steps, never inside one.
 

@@ -5,12 +5,15 @@
     print("\n".join(format_model("MyNet", result)))
     report = run_diagnosis(DiagnosisConfig(models=["BaselineCNN"], dropout="legacy"))   # registry models
 
-Modules: `subject` (the user's model, data, loss and optimizer, normalized), `probes` (seeing dropout
-and ReLUs inside any forward), `measure` (measurements without training), `experiments` (the loop
-and one-change runs), `stats` (tests), `verdict` (evidence -> verdict and ranked causes), `run`
-(orchestration), `report` (text and JSON). The command-line face is ../quick_diagnosis.py.
+Modules: `causes` (the table: every cause, what measures it, its experiments, control and
+suggestion), `rules` (the per-cause functions the table points at), `thresholds` (every number,
+with why), `recipe` (the optimizer, lr and batch when the user gives none), `subject` (the user's
+model, data, loss and optimizer, normalized), `probes` (seeing dropout and ReLUs inside any
+forward), `measure` (measurements without training), `experiments` (the loop and one-change
+runs), `stats` (tests), `verdict` (evidence -> ranked causes -> PASS/FAIL/INCONCLUSIVE), `run`
+(the phases), `report` (text and JSON). The command-line face is ../quick_diagnosis.py.
 """
 from .report import format_model, format_report, to_json
-from .run import ALL_MODELS, DiagnosisConfig, diagnose, run_diagnosis
+from .run import DiagnosisConfig, diagnose, run_diagnosis
 
-__all__ = ["ALL_MODELS", "DiagnosisConfig", "diagnose", "run_diagnosis", "format_model", "format_report", "to_json"]
+__all__ = ["DiagnosisConfig", "diagnose", "run_diagnosis", "format_model", "format_report", "to_json"]

@@ -1,8 +1,8 @@
 """Measurements that need no training: the data, the labels, the batches, the model at init.
 
 Each returns a `Check` (name, pass|warn|fail|info, one readable sentence with the numbers, and the
-raw numbers in `data`). A check never names a cause by itself: the verdict (verdict.py) turns
-decisive measurements and experiments into causes. Nothing here trains or changes the model.
+raw numbers in `data`). A check never names a cause: its status only marks the line in the
+report; the rules in causes.py/rules.py read the numbers in `data` and decide what is a cause. Nothing here trains or changes the model.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .probes import ForwardProbe
+from . import thresholds as T
 from .stats import ALPHA, chance_test, two_proportion_test
 
 
@@ -78,7 +79,7 @@ def nearest_neighbour_preds(ref_images, ref_targets, query_images, exclude: torc
 
 
 def label_signal(train_images, train_targets, val_images, val_targets, num_classes: int,
-                 max_queries: int = 5000, seed: int = 0) -> Check:
+                 max_queries: int = T.LABEL_SIGNAL_QUERIES, seed: int = 0) -> Check:
     """1-NN accuracy within train (leave-one-out) and on val, each against chance, and val against train.
 
     Leave-one-out over up to `max_queries` train images gives the train-label check thousands of
@@ -107,7 +108,7 @@ def input_stats(x: torch.Tensor) -> Check:
     x = x.float()
     dims = (0, 2, 3) if x.ndim == 4 else 0
     mean, std = x.mean(dims), x.std(dims)
-    off = bool((mean.abs() > 1.0).any() or (std < 0.2).any() or (std > 5.0).any())
+    off = bool((mean.abs() > T.INPUT_MEAN_MAX).any() or (std < T.INPUT_STD_MIN).any() or (std > T.INPUT_STD_MAX).any())
     return Check("input_stats", "warn" if off else "pass",
                  f"model inputs: mean {[round(v, 2) for v in mean.tolist()]}, std {[round(v, 2) for v in std.tolist()]} "
                  "per channel (standardized: ~0 and ~1)", {"mean": mean.tolist(), "std": std.tolist(), "off": off})
@@ -129,7 +130,7 @@ def batch_label_entropy(loader, num_classes: int, batches: int = 20) -> Check:
         ideal = math.log(min(len(y), num_classes))
         ratios.append(float(-(p * p.log()).sum()) / ideal if ideal > 0 else 1.0)
     ratio = sum(ratios) / max(1, len(ratios))
-    return Check("batch_label_entropy", "warn" if ratio < 0.5 else "pass",
+    return Check("batch_label_entropy", "warn" if ratio < T.ENTROPY_RATIO_MIN else "pass",
                  f"label entropy within the first {len(ratios)} training batches: {100 * ratio:.0f}% of what "
                  "shuffled batches of that size reach", {"ratio": ratio})
 
@@ -142,9 +143,9 @@ def output_kind(model, x: torch.Tensor) -> Check:
         out = model(x).float()
     row_sum_err = float((out.sum(1) - 1).abs().max())
     log_sum_err = float(out.logsumexp(1).abs().max())
-    if bool((out >= 0).all()) and row_sum_err < 1e-4:
+    if bool((out >= 0).all()) and row_sum_err < T.PROB_ROW_TOL:
         kind, status = "probabilities", "fail"
-    elif log_sum_err < 1e-4:
+    elif log_sum_err < T.PROB_ROW_TOL:
         kind, status = "log-probabilities", "pass"
     else:
         kind, status = "logits", "pass"
@@ -164,7 +165,7 @@ def eval_determinism(model, x: torch.Tensor) -> Check:
         b = model(x).float()
     diff = float((a - b).abs().max())
     scale = float(a.abs().max()) + 1e-12
-    stochastic = diff > 1e-5 * scale
+    stochastic = diff > T.EVAL_DIFF_REL * scale
     sites = ", ".join(f"{s} p={p:g}" for s, p in probe.eval_dropout_sites.items()) or "none found"
     return Check("eval_determinism", "fail" if stochastic else "pass",
                  f"two eval-mode passes over one batch differ by up to {diff:.3g} ({100 * diff / scale:.1f}% of "
@@ -190,10 +191,18 @@ def init_loss(model, x, y, loss_fn, num_classes: int) -> Check:
     with torch.no_grad():
         loss = float(loss_fn(model(x).float(), y))
     ln_c = math.log(num_classes)
-    ok = math.isfinite(loss) and abs(loss - ln_c) < max(1.0, 0.25 * ln_c)
+    ok = math.isfinite(loss) and abs(loss - ln_c) < max(1.0, T.INIT_LOSS_TOL * ln_c)
     return Check("init_loss", "pass" if ok else "warn", f"loss at init {loss:.3f} vs ln({num_classes}) = {ln_c:.3f}",
-                 {"loss": loss, "ln_c": ln_c})
+                 {"loss": loss, "ln_c": ln_c, "sound": ok})
+
+
+# ------------------------------------------------------------------------------ the optimizer
+def weight_decay(opt) -> Check:
+    """The largest weight decay over the optimizer's parameter groups (info: the fit tests it)."""
+    wd = max((float(g.get("weight_decay", 0.0) or 0.0) for g in opt.param_groups), default=0.0)
+    return Check("weight_decay", "info", f"largest weight decay in the optimizer: {wd:g} "
+                 f"({type(opt).__name__})", {"max": wd})
 
 
 __all__ = ["ALPHA", "Check", "annotation_check", "label_signal", "input_stats", "batch_label_entropy",
-           "output_kind", "eval_determinism", "dropout_sites", "init_loss", "nearest_neighbour_preds"]
+           "output_kind", "eval_determinism", "dropout_sites", "init_loss", "nearest_neighbour_preds", "weight_decay"]

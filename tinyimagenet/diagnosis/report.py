@@ -5,7 +5,10 @@ JSON shape (accuracies in percent, causes ranked, empty when nothing was found):
      "epochs": [{"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "probe_acc"}],
      "verdict": "PASS|FAIL|INCONCLUSIVE", "passed": bool, "learning": "learning|stuck|undecided|diverged|not trained",
      "causes": [{"id", "score", "evidence": [...], "where": [...]}], "suggestions": [...],
-     "fit": [...], "gradient_flow": [...], "control": {...} | null, "controls": [...], "seconds": float}}}
+     "fit": [...], "gradient_flow": [...], "seconds": float,
+     "controls": [{"cause", "change", "val_acc", "confirmed", "test", "epochs", "nonfinite"}]}}}
+"config" says what was run: the recipe's optimizer, lr and schedule (or the user's optimizer as
+built), batch size, "normalize"/"augment" (the repo's images only; a user's arrive "as given").
 For a model given by file, the name is the class or factory name.
 """
 from __future__ import annotations

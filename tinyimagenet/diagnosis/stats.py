@@ -24,14 +24,8 @@ from statistics import NormalDist
 
 import torch
 
-# The one significance level of the whole diagnosis. Strict because the diagnosis looks many times:
-# every epoch x every model x probe and val x several interventions -- dozens of tests per run. At
-# 0.05, 25 independent looks (5 epochs x 5 models) would flag some chance-level model with
-# probability 1 - 0.95^25 = 72%; at 1e-3, even 50 looks stay under 5% (Bonferroni: 50 x 1e-3).
-ALPHA = 1e-3
-# `strength` saturates here: p below 1e-12 is overwhelming evidence however small, and telling 1e-15
-# from 1e-30 would rank sample sizes, not causes.
-P_FLOOR = 1e-12
+from .thresholds import ALPHA, P_FLOOR  # why these values: thresholds.py
+
 _NORMAL = NormalDist()
 
 

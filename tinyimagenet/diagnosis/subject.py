@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from ..loaders import BatchLoader, Data
+from ..loaders import BatchLoader, Data, epoch_generator
 
 
 class BadLabels(ValueError):
@@ -54,10 +54,15 @@ class TensorBatches:
         full, rest = divmod(len(self.targets), self.batch_size)
         return full + (rest >= (2 if self.drop_single else 1))  # BatchNorm cannot take one image
 
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images `idx` as the model receives them: (x, y) on the device."""
+        idx = idx.to(self.device)
+        return self.images.index_select(0, idx), self.targets.index_select(0, idx)
+
     def __iter__(self):
         n = len(self.targets)
         if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+            order = torch.randperm(n, generator=epoch_generator(self.seed, self.epoch))
         else:
             order = torch.arange(n)
         order = order.to(self.device)  # one copy per epoch
@@ -74,14 +79,13 @@ class Subject:
     loss_fn: Callable                           # (logits, targets) -> scalar loss
     make_optimizer: Callable                    # (model) -> optimizer (the user's factory or the recipe)
     num_classes: int
-    train_x: torch.Tensor | None                # user data: float images (N,C,H,W); None for repo data
+    train_images: torch.Tensor                  # as stored: user float (N,C,H,W), repo uint8 (N,H,W,3); on the device
     train_y: torch.Tensor                       # int64 labels of the training images
     probe_y: torch.Tensor                       # held-out train labels
+    val_images: torch.Tensor                    # as stored, like train_images
     val_y: torch.Tensor
     batch_size: int                             # training batch size
-    shuffled: bool                              # the training batches come shuffled
     loaders: Callable                           # (shuffle: bool|None) -> (train, probe, val) batch sources
-    user_data: bool                             # data came from the user (not the repo's Tiny ImageNet)
     root: str = ""                              # the repo dataset's folder (label-file checks), if any
     val_files: list = dataclasses.field(default_factory=list)
     classes: list = dataclasses.field(default_factory=list)
@@ -186,12 +190,15 @@ def user_data_subject(train, val, num_classes, *, probe_per_class, batch_size, s
         return (TensorBatches(tx, ty, bs, shuffle=shuffled if shuffle is None else shuffle, device=device, seed=seed),
                 TensorBatches(px, py, 256, shuffle=False, device=device, drop_single=False),
                 TensorBatches(vx, vy, 256, shuffle=False, device=device, drop_single=False))
-    return dict(train_x=tx, train_y=ty, probe_y=py, val_y=vy, batch_size=bs, shuffled=shuffled,
-                loaders=loaders, user_data=True)
+    return dict(train_images=tx, train_y=ty, probe_y=py, val_images=vx, val_y=vy, batch_size=bs, loaders=loaders)
 
 
 def repo_data_subject(data: Data, *, probe_per_class, batch_size, seed, device, normalize=True) -> dict:
     """The repo's Tiny ImageNet (uint8, augmented and normalized on the device by BatchLoader)."""
+    problems = check_labels(data.train_targets, data.num_classes, "train") + \
+        check_labels(data.val_targets, data.num_classes, "val")
+    if problems:
+        raise BadLabels("; ".join(problems))
     probe = probe_indices(data.train_targets, data.num_classes, probe_per_class)
     keep = torch.ones(len(data.train_targets), dtype=torch.bool)
     keep[probe] = False
@@ -206,8 +213,8 @@ def repo_data_subject(data: Data, *, probe_per_class, batch_size, seed, device, 
         return (BatchLoader(tx, ty, batch_size, train=True, **common),
                 BatchLoader(px, py, 256, train=False, **common),
                 BatchLoader(vx, data.val_targets, 256, train=False, **common))
-    return dict(train_x=None, train_y=ty, probe_y=py, val_y=data.val_targets, batch_size=batch_size,
-                shuffled=True, loaders=loaders, user_data=False, root=data.root, val_files=data.val_files,
+    return dict(train_images=tx, train_y=ty, probe_y=py, val_images=vx, val_y=data.val_targets,
+                batch_size=batch_size, loaders=loaders, root=data.root, val_files=data.val_files,
                 classes=list(data.classes))
 
 

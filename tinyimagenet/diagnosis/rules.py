@@ -1,0 +1,375 @@
+"""The functions the causes table (causes.py) points at: per cause, its evidence rule, its
+fixed-batch experiments and its control's change.
+
+    judge(ctx)      adds this cause's evidence to `ctx` (a `Judging`), or nothing
+    fits(plan)      runs this cause's one-change fits of the fixed batch (a `FitPlan`), returns the FitRuns
+    control(ev)     the Change that removes the cause from outside the user's code, or None
+
+Nothing here decides the order, the tiers after controls or the verdict: verdict.py does that for
+every cause alike. Thresholds come from thresholds.py.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import thresholds as T
+from .experiments import Change, FitRun
+from .stats import score as evidence_score, wilson_interval
+
+DECISIVE, CONFIRMED, CANDIDATE, SYMPTOM = 0, 1, 2, 3  # tiers, ranked in this order
+
+
+@dataclass
+class Finding:
+    """One cause with its evidence, as the verdict ranks and reports it."""
+    id: str
+    score: float
+    evidence: list
+    tier: int = CANDIDATE               # DECISIVE, CONFIRMED (by a control), CANDIDATE or SYMPTOM
+    where: list = field(default_factory=list)   # modules or file:line the evidence points at
+    refuted: bool = False               # its control ran and made nothing better: not reported
+    tentative: bool | None = None       # True: fit evidence alone on an undecided run; reported only once confirmed
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "score": round(self.score, 3), "evidence": self.evidence, "where": self.where}
+
+
+def fit_gain(base: FitRun, run: FitRun, ln_c: float) -> float:
+    """Loss removed by the change beyond the base fit, as a fraction of ln C (diverged = 2 ln C)."""
+    def end(r):
+        return 2 * ln_c if (r.nonfinite or not r.losses) else min(r.final, 2 * ln_c)
+    return (end(base) - end(run)) / ln_c
+
+
+class Judging:
+    """What a judge reads (the evidence) and writes (findings), for one model."""
+
+    def __init__(self, ev):
+        self.ev, self.found = ev, {}
+        self.ln_c = math.log(ev.num_classes)
+        self.failing = ev.status not in ("learning", "not trained")
+        base = self.base = ev.base
+        self.stalled = bool(base is not None and base.losses and base.initial > 0
+                            and (1 - base.final / base.initial) < T.STALLED)
+        self.strong_run = ev.status in ("stuck", "diverged") or self.stalled
+        self.fits = {r.name: r for r in ev.fits}
+        # experiments only count when the run fails: a model that learns passes whatever a fit liked
+        self.experiments = self.failing and base is not None
+
+    def check(self, name):
+        return self.ev.checks.get(name)
+
+    def add(self, cid, score, tier, *evidence, where=()):
+        c = self.found.setdefault(cid, Finding(cid, 0.0, [], tier))
+        c.score, c.tier = max(c.score, score), min(c.tier, tier)
+        c.evidence += [e for e in evidence if e not in c.evidence]
+        c.where += [w for w in where if w not in c.where]
+        return c
+
+    def fit_evidence(self, cid, runs, extra=(), where=(), dose_response=False) -> float:
+        """A candidate from one-change fits: firm past FIT_MARGIN on a stuck run, else tentative
+        (a control must confirm it); gains under MIN_GAIN are no evidence at all."""
+        base = self.base
+        gain = max((fit_gain(base, r, self.ln_c) for r in runs), default=0.0)
+        dose = dose_response and self.stalled and gain > 0
+        if base.fitted or (gain < T.MIN_GAIN and not dose):
+            return 0.0
+        text = [f"fixed batch: {base.describe()}"] + [f"one change: {r.describe()}" for r in runs] + list(extra)
+        c = self.add(cid, min(1.0, gain), CANDIDATE, *text, where=where)
+        firm = self.strong_run and (gain >= T.FIT_MARGIN or dose)
+        c.tentative = False if firm else c.tentative is not False
+        return gain
+
+
+@dataclass
+class FitPlan:
+    """What a cause's fit experiments read: the measurements, the base fit, the runs so far."""
+    fit: Callable[[Change], FitRun]     # one fixed-batch fit with this change
+    checks: dict                        # name -> measure.Check
+    base: FitRun                        # the fit as given (it did not fit)
+    runs: list                          # FitRuns of the causes before this one in the table
+
+
+# ------------------------------------------------------------------- decisive measurements
+def judge_bad_labels(j: Judging) -> None:
+    chk = j.check("labels")
+    if chk and chk.status == "fail":  # made only when the labels cannot be used (run.py)
+        j.add("bad_labels", 1.0, DECISIVE, chk.detail)
+
+
+def judge_probabilities(j: Judging) -> None:
+    chk = j.check("output_kind")
+    if chk and chk.data["kind"] == "probabilities":
+        j.add("outputs_are_probabilities", 1.0, DECISIVE, chk.detail)
+        if "log_outputs" in j.fits and j.experiments:
+            j.found["outputs_are_probabilities"].evidence.append(f"one change: {j.fits['log_outputs'].describe()}")
+
+
+def judge_stochastic_eval(j: Judging) -> None:
+    chk = j.check("eval_determinism")
+    if chk and chk.data["stochastic"]:
+        j.add("stochastic_eval", 1.0, DECISIVE, chk.detail, where=list(chk.data["sites"]))
+
+
+def judge_unshuffled(j: Judging) -> None:
+    chk = j.check("batch_label_entropy")  # sorted batches are a bug whatever this short run shows
+    if chk and chk.data["ratio"] < T.ENTROPY_RATIO_MIN:
+        j.add("batches_not_shuffled", 1 - chk.data["ratio"], DECISIVE, chk.detail)
+
+
+def judge_val_misaligned(j: Judging) -> None:
+    ann = j.check("val_annotations")
+    if ann and ann.data["mismatches"]:
+        j.add("val_labels_misaligned", ann.data["mismatches"] / max(1, ann.data["n"]), DECISIVE, ann.detail)
+    if not j.experiments:
+        return
+    ev, sig = j.ev, j.check("label_signal")  # the model's held-out predictions, then the model-free 1-NN
+    if ev.gap_test is not None and ev.gap_test.significant and not ev.val_test.significant:
+        j.add("val_labels_misaligned", evidence_score(ev.gap_test.p_value, 1.0), CANDIDATE,
+              f"model: {ev.gap_test.describe('val', 'held-out train')}")
+    if sig is not None and sig.data["gap"].significant and not sig.data["val"].significant:
+        j.add("val_labels_misaligned", evidence_score(sig.data["gap"].p_value, 1.0), CANDIDATE, sig.detail)
+
+
+def judge_unlearnable(j: Judging) -> None:
+    ev, sig = j.ev, j.check("label_signal")
+    if not j.experiments or sig is None or ev.probe_test is None or ev.probe_test.significant:
+        return
+    # "No signal" must be shown, not just "not significant": real labels on 10 classes give the
+    # 1-NN only ~1.6x chance, which a bare non-significance rule read as unlearnable. Leave-one-out
+    # within train, the 1-NN accuracy must lie below NO_SIGNAL x chance with 95% confidence.
+    t = sig.data["train"]
+    k = round(t.accuracy * t.n / 100)
+    hi = wilson_interval(k, t.n)[1]
+    if hi < T.NO_SIGNAL / ev.num_classes:
+        # Tier 0: no lr, dropout or other change can make a model learn labels without signal.
+        j.add("train_labels_unlearnable", 1 - hi * ev.num_classes / T.NO_SIGNAL, DECISIVE, sig.detail,
+              f"1-NN within train: {k}/{t.n}, upper 95% bound {100 * hi:.2f}% < {T.NO_SIGNAL:g}x chance",
+              f"model on held-out train images: {ev.probe_test.describe()}")
+
+
+# ------------------------------------------------------------------ causes from fit experiments
+def _lr_runs(j: Judging, prefix: str) -> list:
+    runs = [r for r in j.ev.fits if r.name.startswith(prefix)]
+    return sorted(runs, key=lambda r: r.lr if prefix == "lr_x" else -r.lr)
+
+
+def _lr_high_measured(j: Judging) -> bool:
+    return j.base.diverged or (j.ev.run is not None and j.ev.run.nonfinite is not None)
+
+
+def judge_lr_low(j: Judging) -> None:
+    if not j.experiments or _lr_high_measured(j):
+        return
+    ups = _lr_runs(j, "lr_x")
+    finals = [j.base.final] + [r.final for r in ups]
+    dose = all(b < a for a, b in zip(finals, finals[1:])) and len(ups) > 1
+    j.fit_evidence("learning_rate_too_low", ups, dose_response=dose,
+                   extra=[f"dose-response: loss after the fit falls at every x10 of the lr "
+                          f"({' -> '.join(f'{v:.3f}' for v in finals)})"] if dose else [])
+
+
+def judge_lr_high(j: Judging) -> None:
+    if not j.experiments:
+        return
+    if _lr_high_measured(j):
+        j.fit_evidence("learning_rate_too_high", _lr_runs(j, "lr_div"))
+    died = [k for k in ("dead_units", "collapsed_outputs") if k in j.found]  # symptoms are judged first
+    init = j.check("init_loss")
+    if died and init is not None and init.data["sound"] and "learning_rate_too_high" not in j.found:
+        # Sound at init, dead after training: a step too large for the whole data set kills units
+        # without diverging on 8 images. Only a control at a lower lr can show it.
+        c = j.add("learning_rate_too_high", T.DIED_LR_SCORE, CANDIDATE, f"the run left {' and '.join(died)} from a "
+                  f"model whose loss at init was sound ({init.detail}): a candidate for a control at a lower lr")
+        c.tentative = not j.strong_run
+
+
+def judge_dropout(j: Judging) -> None:
+    if j.experiments and "no_dropout" in j.fits:
+        chk = j.check("dropout_sites")
+        j.fit_evidence("dropout_too_strong", [j.fits["no_dropout"]], extra=[chk.detail], where=list(chk.data["sites"]))
+
+
+def judge_weight_decay(j: Judging) -> None:
+    if j.experiments and "no_weight_decay" in j.fits:
+        j.fit_evidence("weight_decay_too_strong", [j.fits["no_weight_decay"]], extra=[j.check("weight_decay").detail])
+
+
+def judge_input(j: Judging) -> None:
+    chk = j.check("input_stats")
+    if not j.experiments or chk is None or not chk.data["off"]:
+        return
+    s, fit = chk.data, j.fits.get("standardized")
+    gain = j.fit_evidence("input_not_normalized", [fit] if fit else [], extra=[chk.detail])
+    scale = max(max(abs(m) for m in s["mean"]), max(s["std"]), 1 / max(min(s["std"]), 1e-9))
+    if not gain and scale > T.INPUT_SCALE_RAW:  # raw pixels, say: measured far off; only a control can confirm
+        c = j.add("input_not_normalized", min(1.0, math.log10(scale) / 2), CANDIDATE, chk.detail,
+                  *([f"one change: {fit.describe()}"] if fit else []))
+        c.tentative = c.tentative is not False
+
+
+def judge_frozen(j: Judging) -> None:
+    if not j.experiments:
+        return
+    base = j.base
+    frozen = {n: why for n, why in base.frozen.items() if "zero" not in why}
+    if not frozen:
+        return
+    modules = sorted({n.rsplit(".", 1)[0] for n in frozen})
+    text = f"{len(frozen)} parameter tensors never changed in {len(base.losses)} steps: " + \
+           "; ".join(f"{n} ({why})" for n, why in list(frozen.items())[:6])
+    j.fit_evidence("frozen_parameters", [j.fits["unfreeze"]] if "unfreeze" in j.fits else [], extra=[text],
+                   where=modules)
+    share = base.frozen_share  # of all parameter elements: a measurement, not a guess
+    if j.strong_run or share >= T.FROZEN_SHARE:
+        c = j.add("frozen_parameters", share, DECISIVE if share >= T.FROZEN_DECISIVE else CANDIDATE,
+                  text + f" ({100 * share:.0f}% of the parameters)", where=modules)
+        c.tentative = False
+
+
+# ----------------------------------------------------------------- symptoms, from the failing run
+def judge_non_finite(j: Judging) -> None:
+    run = j.ev.run
+    if j.experiments and run is not None and run.nonfinite:
+        e, s, v = run.nonfinite
+        j.add("non_finite_loss", 1.0, SYMPTOM, f"training loss became {v} at epoch {e}, step {s}")
+
+
+def judge_collapsed(j: Judging) -> None:
+    run = j.ev.run
+    if j.experiments and run is not None and run.history and run.input_dependence < T.COLLAPSED:
+        j.add("collapsed_outputs", 1.0, SYMPTOM, f"{run.input_dependence:.1e} of the logits' variation comes from "
+              "the input (std across val images vs across classes): the outputs ignore the input")
+
+
+def judge_dead(j: Judging) -> None:
+    run = j.ev.run
+    if j.experiments and run is not None and run.dead:
+        site, frac = max(run.dead.items(), key=lambda kv: kv[1])
+        if frac >= T.DEAD_SHARE:
+            j.add("dead_units", frac, SYMPTOM, f"{100 * frac:.0f}% of the units at {site} never active on a batch "
+                  "after training", where=[site])
+
+
+def _gradient_stats(run) -> tuple:
+    """(sorted min/max layer-norm spreads per sampled step, gradient/weight ratios, all finite)."""
+    by_step: dict[int, list] = {}
+    for r in run.grad_rows:
+        by_step.setdefault(r["step"], []).append(r)
+    spreads, ratios, finite = [], [], True
+    for step, rows in by_step.items():
+        g = [r["grad_norm"] for r in rows]
+        finite &= all(math.isfinite(v) for v in g)
+        live = [v for v in g if math.isfinite(v)]
+        if step > 0 and live and max(live) > 0:
+            spreads.append(min(live) / max(live))
+        ratios += [r["grad_norm"] / (r["weight_norm"] + 1e-12) for r in rows if math.isfinite(r["grad_norm"])]
+    return sorted(spreads), ratios, finite
+
+
+def judge_vanishing(j: Judging) -> None:
+    run = j.ev.run
+    if not (j.experiments and run is not None and run.grad_rows):
+        return
+    spreads, _, _ = _gradient_stats(run)
+    if spreads and spreads[len(spreads) // 2] < T.VANISHING:
+        median = spreads[len(spreads) // 2]
+        j.add("vanishing_gradients", min(1.0, -math.log10(median + 1e-30) / 10), SYMPTOM,
+              f"median over {len(spreads)} sampled steps of smallest/largest layer gradient norm: {median:.1e}")
+
+
+def judge_exploding(j: Judging) -> None:
+    run = j.ev.run
+    if not (j.experiments and run is not None and run.grad_rows):
+        return
+    _, ratios, finite = _gradient_stats(run)
+    top = max(ratios, default=0.0)
+    if top > T.EXPLODING:  # non-finite gradients alone are the non-finite loss's business (NaN inputs, say)
+        j.add("exploding_gradients", min(1.0, math.log10(top) / 3), SYMPTOM,
+              f"largest gradient/weight norm ratio {top:.2e}" + ("" if finite else "; some gradients non-finite"))
+
+
+# ------------------------------------------------------------- fixed-batch experiments per cause
+def one_change(name: str, applies: Callable[[FitPlan], bool], **change) -> Callable[[FitPlan], list]:
+    """A fit experiment of a single Change, run when `applies(plan)`."""
+    def run(plan: FitPlan) -> list:
+        return [plan.fit(Change(name, **change))] if applies(plan) else []
+    return run
+
+
+def measured_standardize(checks: dict) -> tuple:
+    s = checks["input_stats"].data
+    return tuple(s["mean"]), tuple(max(v, 1e-6) for v in s["std"])
+
+
+def fit_standardized(plan: FitPlan) -> list:
+    if not plan.checks["input_stats"].data["off"]:
+        return []
+    return [plan.fit(Change("standardized", standardize=measured_standardize(plan.checks)))]
+
+
+def fit_lr_up(plan: FitPlan) -> list:
+    """lr x10, x100, x1000, further while each x10 still lowers the loss; stops once it fits or diverges."""
+    runs, previous = [], plan.base.final
+    if plan.base.diverged:
+        return runs
+    for k in range(1, T.LR_UP_DECADES + 1):
+        r = plan.fit(Change(f"lr_x{10 ** k}", lr_factor=10.0 ** k))
+        runs.append(r)
+        if r.fitted or r.diverged or (k >= T.LR_UP_MIN_DECADES and not r.final < previous):
+            break
+        previous = r.final
+    return runs
+
+
+def fit_lr_down(plan: FitPlan) -> list:
+    """lr /10 when no higher lr fitted (down to /1000 while a diverging base still diverges)."""
+    if not plan.base.diverged and any(r.fitted for r in plan.runs if r.name.startswith("lr_x")):
+        return []
+    runs = []
+    for k in range(1, T.LR_DOWN_DECADES + 1):
+        r = plan.fit(Change(f"lr_div{10 ** k}", lr_factor=10.0 ** -k))
+        runs.append(r)
+        if r.fitted or not plan.base.diverged:
+            break
+    return runs
+
+
+def _movable_frozen(base: FitRun) -> bool:
+    """Frozen parameters a change from outside can free (a detach in the forward cannot be)."""
+    return any(w in ("requires_grad=False", "not in the optimizer") for w in base.frozen.values())
+
+
+# ------------------------------------------------------------------- the control's change per cause
+def control_of(**change) -> Callable:
+    """A control that always applies this one change."""
+    return lambda ev: Change("control", **change)
+
+
+def control_standardize(ev):
+    return Change("control", standardize=measured_standardize(ev.checks))
+
+
+def control_unfreeze(ev):
+    return Change("control", unfreeze=True) if ev.base is not None and _movable_frozen(ev.base) else None
+
+
+def _best_lr(ev, prefix: str):
+    best = min((r for r in ev.fits if r.name.startswith(prefix)), key=lambda r: r.final, default=None)
+    if best is not None and best.final < ev.base.final:
+        return Change("control", lr_factor=best.lr / ev.base.lr)
+    return None
+
+
+def control_raise_lr(ev):
+    return _best_lr(ev, "lr_x")
+
+
+def control_lower_lr(ev):
+    return _best_lr(ev, "lr_div")
+
+
+def control_lower_lr_or_fallback(ev):  # no fit to go by (the batch fit as given): two decades down
+    return control_lower_lr(ev) or Change("control", lr_factor=T.CONTROL_LR_FALLBACK)

@@ -1,0 +1,59 @@
+"""Every threshold of the diagnosis, each stated once, with why it has that value.
+
+    from tinyimagenet.diagnosis import thresholds as T
+    if gain >= T.FIT_MARGIN: ...
+
+Read by measure.py (checks), experiments.py (fits and the short run), rules.py (evidence ->
+causes), verdict.py (learning, tiers) and run.py (controls). No code here; changing a value
+changes the diagnosis everywhere it is used, and nowhere else needs editing.
+"""
+from __future__ import annotations
+
+# ------------------------------------------------------------------------------ statistics
+# The one significance level. Strict because the diagnosis looks many times (every epoch x model x
+# probe and val x interventions): at 0.05, 25 looks flag some chance-level model with probability
+# 72%; at 1e-3 even 50 looks stay under 5% (Bonferroni).
+ALPHA = 1e-3
+# Evidence strength saturates here: telling p = 1e-15 from 1e-30 would rank sample sizes, not causes.
+P_FLOOR = 1e-12
+POWER_NEEDED = 0.8       # conventional power: below it a non-significant val cannot be called "stuck"
+POWER_EFFECT = 2.0       # "stuck" needs that power to see this multiple of chance ...
+STUCK_MAX = 1.5          # ... and an accuracy below this multiple (22% on 10 classes, p = 1e-3, is not stuck)
+
+# ---------------------------------------------------------------------- measurements (measure.py)
+INPUT_MEAN_MAX = 1.0     # |channel mean| above this: not standardized (standardized inputs sit near 0)
+INPUT_STD_MIN = 0.2      # channel std below this: [0,1]-scaled pixels have ~0.25, standardized ~1
+INPUT_STD_MAX = 5.0      # channel std above this: raw 0-255 pixels have ~60
+INPUT_SCALE_RAW = 5.0    # off by this factor (mean, std or 1/std): raw pixels, a candidate even without a fit gain
+ENTROPY_RATIO_MIN = 0.5  # batch label entropy under half of shuffled batches': sorted batches (sorted: 0)
+PROB_ROW_TOL = 1e-4      # outputs >= 0 with rows summing to 1 within this are probabilities
+EVAL_DIFF_REL = 1e-5     # two eval passes differing by more than this share of the output: stochastic eval
+INIT_LOSS_TOL = 0.25     # loss at init within max(1, this x ln C) of ln C: a sound start
+LABEL_SIGNAL_QUERIES = 5000  # leave-one-out 1-NN queries within train: thousands, not a small slice
+
+# ------------------------------------------------------------------ fixed-batch fit (experiments.py)
+FIT_TARGET = 0.1         # "fits" = loss below 10% of ln C: a healthy net memorizes a few images
+FIT_DIVERGED = 1.1       # final fit loss above 1.1x the initial one: diverged
+FIT_EXPLODED = 1e3       # loss above 1000x max(1, initial): stop the fit, it has exploded
+LR_UP_DECADES = 5        # the lr sweep goes up to x10^5 ...
+LR_UP_MIN_DECADES = 3    # ... always to x1000, further only while each x10 still lowers the loss
+LR_DOWN_DECADES = 3      # down to /1000 when the base fit diverges (one step otherwise)
+CONTROL_LR_FALLBACK = 0.01  # lr too high with no fit to go by: the control tries two decades down
+
+# ----------------------------------------------------------------------------- the short run
+GRAD_EVERY = 10          # per-layer gradient norms sampled every this many steps
+SYNC_EVERY = 20          # the loss is checked for non-finite values every this many steps
+FULL_TRAIN_PER_CLASS = 500  # the official train split; "stuck with no cause" fails only there
+
+# --------------------------------------------------------------------------- evidence (rules.py)
+MIN_GAIN = 0.1           # below this share of ln C a one-change fit is no evidence, not even for a control
+FIT_MARGIN = 0.25        # a change must remove >= 25% of ln C more fixed-batch loss than the base fit
+STALLED = 0.05           # a base fit that removes < 5% of its initial loss has stalled
+FROZEN_SHARE = 0.1       # frozen parameters holding >= 10% of the model fail a run that does not learn
+FROZEN_DECISIVE = 0.5    # ... and decisively when they hold half of it or more
+NO_SIGNAL = 1.5          # labels "carry no signal" when 1-NN is below this multiple of chance (95% bound)
+COLLAPSED = 1e-3         # < 0.1% of the logits' variation from the input: the outputs ignore it
+DEAD_SHARE = 0.9         # >= 90% of a ReLU site's units never active on a batch: dead units
+VANISHING = 1e-5         # median smallest/largest layer gradient norm below this: vanishing gradients
+EXPLODING = 10.0         # a gradient/weight norm ratio above this: exploding gradients
+DIED_LR_SCORE = 0.5      # the "sound at init, dead after training" lr-too-high candidate's score
