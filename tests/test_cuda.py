@@ -97,7 +97,7 @@ def test_quick_diagnosis_on_cuda(diagnosis_data, dropout):
     if dropout == "legacy" and real:
         # The seed's case: 2 epochs of 6 images per class (200 classes) leave legacy dropout at
         # chance, and its fix is a config change, so the control rerun (the crash) must have run.
-        assert not result["passed"] and result.get("control"), {k: result.get(k) for k in ("learning", "causes")}
+        assert not result["passed"] and result.get("controls"), {k: result.get(k) for k in ("learning", "causes")}
 
 
 def test_fit_places_a_model_built_on_the_cpu(synthetic_root, gpu, tmp_path):
