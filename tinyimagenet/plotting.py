@@ -1,10 +1,10 @@
 """Figures for the diagnosis report and training histories (matplotlib only; used from the faces).
 
     from tinyimagenet import plotting
-    fig = plotting.val_accuracy(report)          # val top-1 per epoch vs the seed's thresholds
-    fig = plotting.loss_curves(report)           # train/val loss vs the ln(C) line
-    fig = plotting.gradient_flow(report)         # gradient norm per layer, by layer name
-    fig = plotting.fit_curves(report)            # fixed-batch loss per step, one panel per model
+    fig = plotting.val_accuracy(report)          # val top-1 per epoch, every control run, the seed's thresholds
+    fig = plotting.loss_curves(report)           # train/val loss vs ln(C), log axis, divergence marked
+    fig = plotting.gradient_flow(report)         # gradient norm per layer, by layer name (all zero: in words)
+    fig = plotting.fit_curves(report)            # fixed-batch loss per step, diverged fits marked
     fig = plotting.sample_grid(data)             # images with their class names
     plotting.history_curves({"BestModel": rows, ...}, seed_markers=True)   # runs vs the seed's thresholds
     plotting.history_panels({"500 per class": {...}, "100 per class": {...}})  # one panel per group
@@ -67,51 +67,86 @@ def _models_with(report: dict, key: str) -> list:
     return [(name, m) for name, m in report.get("models", {}).items() if m.get(key)]
 
 
+def _ordered_controls(m: dict) -> list:
+    """The model's control runs, the top cause's first (the one the report leads with)."""
+    controls = [c for c in (m.get("controls") or []) if isinstance(c, dict)]
+    top = (m.get("causes") or [{}])[0].get("id")
+    return sorted(controls, key=lambda c: c.get("cause") != top)
+
+
+def _diverged_label(nonfinite) -> str:
+    if nonfinite and len(nonfinite) >= 2:
+        return f"diverged at epoch {nonfinite[0]}, step {nonfinite[1]}"
+    return ""
+
+
 def val_accuracy(report: dict):
-    """Val top-1 per epoch per model (and its control run); None when no epoch was trained."""
-    models = _models_with(report, "epochs")
+    """Val top-1 per epoch per model and every control run (the top cause's first, labelled by its
+    change); None when nothing was trained."""
+    models = [(name, m) for name, m in report.get("models", {}).items()
+              if m.get("epochs") or m.get("controls") or m.get("nonfinite")]
     if not models:
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
     n = 1
     for name, m in models:
-        e = m["epochs"]
+        e = m.get("epochs") or []
         n = max([n] + [r["epoch"] for r in e])
         verdict = m.get("verdict") or ("PASS" if m.get("passed") else "FAIL")
-        ax.plot([r["epoch"] for r in e], [r["val_acc"] for r in e], marker="o",
-                label=f"{name} ({m.get('config', {}).get('dropout', '?')}) {verdict}")
-        control = m.get("control") or {}
-        if control.get("epochs"):
-            c = control["epochs"]
-            n = max([n] + [r["epoch"] for r in c])
-            ax.plot([r["epoch"] for r in c], [r["val_acc"] for r in c], ls="--", marker="x",
-                    label=f"{name} control: {control.get('change', '?')}")
+        gone = _diverged_label(m.get("nonfinite"))
+        line, = ax.plot([r["epoch"] for r in e], [r["val_acc"] for r in e], marker="o",
+                        label=f"{name} ({m.get('config', {}).get('dropout', '?')}) {verdict}" + (f"; {gone}" if gone else ""))
+        for k, c in enumerate(_ordered_controls(m)):
+            ce = c.get("epochs") or []
+            n = max([n] + [r["epoch"] for r in ce])
+            status = "confirmed" if c.get("confirmed") else "not confirmed"
+            gone = _diverged_label(c.get("nonfinite"))
+            label = f"{name} control for {c.get('cause', '?')}: {c.get('change', '?')} ({status}" + \
+                    (f"; {gone})" if gone else ")")
+            ax.plot([r["epoch"] for r in ce], [r["val_acc"] for r in ce], ls=("--", ":", "-.")[k % 3], marker="x",
+                    lw=2.2 if k == 0 else 1.2, label=label)
     num_classes = report["dataset"]["num_classes"]
     ax.axhline(100 / num_classes, color="gray", ls=":", label=f"chance ({100 / num_classes:.2g}%)")
     _epoch_axis(ax, max(n, draw_seed_markers(ax, n, num_classes)))
-    ax.set(xlabel="epoch", ylabel="val top-1 (%)", title="Val accuracy per epoch")
-    ax.legend(fontsize=7)
+    ax.set_ylim(bottom=0)
+    ax.set(xlabel="epoch", ylabel="val top-1 (%)", title="Val accuracy per epoch: the run and its controls")
+    ax.legend(fontsize=6.5)
     fig.tight_layout()
     return fig
 
 
+def _positive(values) -> list:
+    return [v if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else float("nan") for v in values]
+
+
 def loss_curves(report: dict):
-    """Train (solid) and val (dashed) loss per epoch vs ln C; None when no epoch was trained."""
-    models = _models_with(report, "epochs")
+    """Train (solid) and val (dashed) loss per epoch vs ln C on a log axis (a diverging run spans
+    decades), a non-finite loss marked where it happened; None when nothing was trained."""
+    models = [(name, m) for name, m in report.get("models", {}).items() if m.get("epochs") or m.get("nonfinite")]
     if not models:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    n = 1
+    n, marks = 1, []
     for name, m in models:
-        e = m["epochs"]
+        e = m.get("epochs") or []
         n = max([n] + [r["epoch"] for r in e])
-        line, = ax.plot([r["epoch"] for r in e], [r["train_loss"] for r in e], marker="o", label=f"{name} train")
-        ax.plot([r["epoch"] for r in e], [r["val_loss"] for r in e], ls="--", marker="o", mfc="none",
+        line, = ax.plot([r["epoch"] for r in e], _positive(r["train_loss"] for r in e), marker="o",
+                        label=f"{name} train")
+        ax.plot([r["epoch"] for r in e], _positive(r.get("val_loss") for r in e), ls="--", marker="o", mfc="none",
                 color=line.get_color(), label=f"{name} val")
+        if m.get("nonfinite"):
+            epoch, step = m["nonfinite"][0], m["nonfinite"][1]
+            n = max(n, epoch)
+            marks.append((epoch, line.get_color(), f"{name}: loss non-finite at epoch {epoch}, step {step}"))
     ln_c = report["dataset"]["ln_num_classes"]
     ax.axhline(ln_c, color="gray", ls=":", label=f"ln C = {ln_c:.3f} (chance)")
+    ax.set_yscale("log")
+    for epoch, color, text in marks:  # at the top edge: a non-finite value has no place on the axis
+        ax.plot([epoch], [1], transform=ax.get_xaxis_transform(), marker="X", ms=11, color=color, ls="none",
+                clip_on=False, label=text)
+        ax.axvline(epoch, color=color, lw=0.8, alpha=0.5)
     _epoch_axis(ax, n)
-    ax.set(xlabel="epoch", ylabel="cross-entropy", title="Loss vs the chance level")
+    ax.set(xlabel="epoch", ylabel="cross-entropy (log scale)", title="Loss vs the chance level")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -134,7 +169,8 @@ def _flow_series(rows: list) -> tuple:
 
 
 def gradient_flow(report: dict):
-    """Gradient norm per named layer, one panel per model (input at top); None when no rows."""
+    """Gradient norm per named layer, one panel per model (input at top); None when no rows.
+    A panel whose gradients are all exactly zero says so in words instead of plotting points."""
     models = [(name, *_flow_series(m.get("gradient_flow") or [])) for name, m in report.get("models", {}).items()]
     models = [m for m in models if m[1]]
     if not models:
@@ -145,35 +181,46 @@ def gradient_flow(report: dict):
     for ax, (name, layers, series) in zip(axes[0], models):
         y = {layer: i for i, layer in enumerate(layers)}
         values = [v for _, norms in series for v in norms.values()]
+        positive = [v for v in values if v > 0 and math.isfinite(v)]
+        ax.set_yticks(list(y.values()), layers, fontsize=7)
+        ax.invert_yaxis()  # input layer at the top, output at the bottom
+        ax.set_title(name, fontsize=9)
+        if not positive:  # nothing to place on a log axis: say what was measured
+            steps = " and ".join(label for label, _ in series)
+            ax.text(0.5, 0.5, f"every layer's gradient norm is exactly 0\n({steps}): no gradient reaches the weights",
+                    transform=ax.transAxes, ha="center", va="center", fontsize=9, color="tab:red",
+                    bbox=dict(boxstyle="round", fc="white", ec="tab:red"))
+            ax.set_xticks([])
+            continue
         # Dots, not bars: a bar's length on a log axis depends on where the axis starts. Exact
         # zeros (e.g. convs behind a zero-init BN gain) sit at the left edge as red crosses,
         # instead of stretching the axis over 30 decades.
-        positive = [v for v in values if v > 0 and math.isfinite(v)]
-        floor = min(positive) / 10 if positive else 1e-12
+        floor = min(positive) / 10
         for (label, norms), marker in zip(series, ("o", "s")):
             shown = [(v, y[k]) for k, v in norms.items() if v > 0 and math.isfinite(v)]
             ax.plot([v for v, _ in shown], [i for _, i in shown], ls="none", marker=marker, ms=5, mfc="none"
                     if marker == "s" else None, label=label)
         zeros = sorted({y[k] for _, norms in series for k, v in norms.items() if v <= 0})
         if zeros:
-            ax.plot([floor] * len(zeros), zeros, ls="none", marker="x", color="tab:red", ms=7, label="zero gradient")
+            ax.plot([floor] * len(zeros), zeros, ls="none", marker="x", color="tab:red", ms=7,
+                    label="exactly zero (drawn at the left edge)")
         ax.legend(fontsize=7, loc="best")
         ax.set_xscale("log")
-        if positive and max(positive) / floor < 1e3:  # a narrow range: label 0.2, 0.5, 1, 2 ...
+        if max(positive) / floor < 1e3:  # a narrow range: label 0.2, 0.5, 1, 2 ...
             ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels (3x10^-1, 4x10^-1 ...) overlap
-        ax.set_yticks(list(y.values()), layers, fontsize=7)
-        ax.invert_yaxis()  # input layer at the top, output at the bottom
         ax.grid(alpha=0.25)
-        ax.set(xlabel="gradient norm", title=name)
-    fig.suptitle("Gradient flow per layer (input at top)", fontsize=10)
+        ax.set(xlabel="gradient norm")
+    fig.suptitle("Gradient flow per layer (input at top), at the last sampled step of the run", fontsize=10)
     fig.tight_layout()
     return fig
 
 
 def fit_curves(report: dict):
-    """Loss on the fixed batch for the base run and each intervention, one panel per model; None if none."""
+    """Loss on the fixed batch for the base run and each one-change fit, one panel per model; a
+    fit that leaves the axis (diverged, or a non-finite loss) is marked at the step it left.
+    None if no fit was run."""
     models = []
     for name, m in report.get("models", {}).items():
         runs = [r for r in (m.get("fit") or []) if isinstance(r, dict) and r.get("losses")]
@@ -182,16 +229,26 @@ def fit_curves(report: dict):
     if not models:
         return None
     ln_c = report["dataset"]["ln_num_classes"]
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.3), squeeze=False)
+    top = 2 * ln_c
+    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.6), squeeze=False)
     for ax, (name, runs) in zip(axes[0], models):
         for run in runs:
             lr = run.get("lr")
-            ax.plot(range(1, len(run["losses"]) + 1),
-                    [v if v is not None and math.isfinite(v) else float("nan") for v in run["losses"]],
-                    label=f"{run.get('name', '?')}" + (f" (lr {lr:g})" if isinstance(lr, (int, float)) else ""))
+            losses = [v if isinstance(v, (int, float)) and math.isfinite(v) else float("nan") for v in run["losses"]]
+            # where it leaves the axis: the first loss above the top, or the step after the last
+            # finite one when the loss became non-finite
+            out = next((k for k, v in enumerate(losses) if v > top), None)
+            if out is None and run.get("nonfinite"):
+                out = len(losses)
+            label = f"{run.get('name', '?')}" + (f" (lr {lr:g})" if isinstance(lr, (int, float)) else "")
+            shown = losses if out is None else losses[:out + 1]
+            line, = ax.plot(range(1, len(shown) + 1), [min(v, top * 1.5) for v in shown], label=label
+                            + ("" if out is None else f": diverged at step {out + 1}"))
+            if out is not None:
+                ax.plot([out + 1], [top], marker="X", ms=9, color=line.get_color(), ls="none", clip_on=False, zorder=5)
         ax.axhline(ln_c, color="gray", ls=":", label=f"ln C = {ln_c:.2f}")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-        ax.set(title=f"{name}: fixed batch", xlabel="step", ylabel="loss", ylim=(0, 2 * ln_c))
+        ax.set(title=f"{name}: fixed batch (X: left the axis)", xlabel="step", ylabel="loss", ylim=(0, top))
         ax.legend(fontsize=6)
     fig.tight_layout()
     return fig

@@ -145,3 +145,13 @@ def symptoms() -> tuple[Cause, ...]:
 
 def ids() -> tuple[str, ...]:
     return tuple(c.id for c in CAUSES)
+
+
+def markdown_table() -> str:
+    """The README's causes table, rendered from this table (tests/test_causes_table.py compares)."""
+    rows = ["| cause | kind | measurement | experiment (fit, and the control's fix) | roots (symptoms) |",
+            "|---|---|---|---|---|"]
+    for c in CAUSES:
+        roots_ = ", ".join(f"`{r}`" for r in c.roots) or "—"
+        rows.append(f"| `{c.id}` | {c.kind} | {c.measured_by} | {c.experiment} | {roots_ if not c.is_root else '—'} |")
+    return "\n".join(rows)
