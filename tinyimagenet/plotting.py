@@ -232,6 +232,7 @@ def fit_curves(report: dict):
     top = 2 * ln_c
     fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.6), squeeze=False)
     for ax, (name, runs) in zip(axes[0], models):
+        left = 0  # fits that left the axis so far: their marks stack above the top edge
         for run in runs:
             lr = run.get("lr")
             losses = [v if isinstance(v, (int, float)) and math.isfinite(v) else float("nan") for v in run["losses"]]
@@ -244,11 +245,14 @@ def fit_curves(report: dict):
             shown = losses if out is None else losses[:out + 1]
             line, = ax.plot(range(1, len(shown) + 1), [min(v, top * 1.5) for v in shown], label=label
                             + ("" if out is None else f": diverged at step {out + 1}"))
-            if out is not None:
-                ax.plot([out + 1], [top], marker="X", ms=9, color=line.get_color(), ls="none", clip_on=False, zorder=5)
+            if out is not None:  # stacked above the edge, so that fits leaving at the same step stay apart
+                ax.plot([out + 1], [1 + 0.045 * left], transform=ax.get_xaxis_transform(), marker="X", ms=8,
+                        color=line.get_color(), ls="none", clip_on=False, zorder=5)
+                left += 1
         ax.axhline(ln_c, color="gray", ls=":", label=f"ln C = {ln_c:.2f}")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-        ax.set(title=f"{name}: fixed batch (X: left the axis)", xlabel="step", ylabel="loss", ylim=(0, top))
+        ax.set_title(f"{name}: fixed batch (X: where a fit left the axis)", fontsize=9, pad=8 + 5 * left)
+        ax.set(xlabel="step", ylabel="loss", ylim=(0, top))
         ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
