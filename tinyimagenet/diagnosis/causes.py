@@ -98,7 +98,7 @@ CAUSES: tuple[Cause, ...] = (
     Cause("frozen_parameters", "root", "parameters unchanged after the fit, and why",
           "every parameter trainable (`requires_grad` / optimizer); a `detach` is reported, not fixable from outside",
           "Give every parameter to the optimizer with requires_grad=True, and remove the detach().",
-          R.judge_frozen, fits=R.one_change("unfreeze", lambda p: R._movable_frozen(p.base), unfreeze=True),
+          R.judge_frozen, fits=R.one_change("unfreeze", lambda p: R.movable_frozen(p.base), unfreeze=True),
           control=R.control_unfreeze),
     Cause("batches_not_shuffled", "root", "label entropy within batches < 50% of shuffled batches'", "batches shuffled",
           "Shuffle the training batches (DataLoader(..., shuffle=True)).",

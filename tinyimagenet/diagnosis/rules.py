@@ -337,7 +337,7 @@ def fit_lr_down(plan: FitPlan) -> list:
     return runs
 
 
-def _movable_frozen(base: FitRun) -> bool:
+def movable_frozen(base: FitRun) -> bool:
     """Frozen parameters a change from outside can free (a detach in the forward cannot be)."""
     return any(w in ("requires_grad=False", "not in the optimizer") for w in base.frozen.values())
 
@@ -353,7 +353,7 @@ def control_standardize(ev):
 
 
 def control_unfreeze(ev):
-    return Change("control", unfreeze=True) if ev.base is not None and _movable_frozen(ev.base) else None
+    return Change("control", unfreeze=True) if ev.base is not None and movable_frozen(ev.base) else None
 
 
 def _best_lr(ev, prefix: str):
