@@ -23,9 +23,10 @@ def _report():
              "controls": controls, "nonfinite": [2, 7, float("nan")],
              "epochs": [{"epoch": 1, "train_loss": 1.6e9, "val_loss": 3e4, "val_acc": 0.5}],
              "gradient_flow": [{"step": 40, "layer": f"l{i}.weight", "grad_norm": 0.0, "weight_norm": 1.0} for i in range(3)],
-             "fit": [{"name": "base", "lr": 0.1, "losses": [5.3, 40.0, 900.0], "nonfinite": False},
+             "fit": [{"name": "base", "lr": 0.1, "losses": [5.3, 40.0, 900.0], "diverged": True, "nonfinite": False},
                      {"name": "lr_div10", "lr": 0.01, "losses": [5.3, 5.2], "nonfinite": True},
-                     {"name": "standardized", "lr": 0.1, "losses": [5.3, 2.0, 0.3], "nonfinite": False}]}
+                     {"name": "standardized", "lr": 0.1, "losses": [5.3, 2.0, 0.3], "nonfinite": False},
+                     {"name": "raw_start", "lr": 0.1, "losses": [22.4, 9.0, 2.4], "diverged": False}]}
     return {"dataset": {"num_classes": 200, "ln_num_classes": ln_c}, "models": {"RawPixelsNet": model}}
 
 
@@ -59,4 +60,5 @@ def test_diverged_fits_are_marked_where_they_left():
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert any(t.startswith("base") and "diverged at step 2" in t for t in labels), labels
     assert any(t.startswith("lr_div10") and "diverged at step 3" in t for t in labels), labels
-    assert not any(t.startswith("standardized") and "diverged" in t for t in labels), labels
+    assert not any(t.startswith(("standardized", "raw_start")) and "diverged" in t for t in labels), labels
+    assert fig.axes[0].get_ylim()[1] > 22.4, "the axis holds a fit that starts high (raw pixels) but does not diverge"

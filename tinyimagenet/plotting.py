@@ -229,18 +229,21 @@ def fit_curves(report: dict):
     if not models:
         return None
     ln_c = report["dataset"]["ln_num_classes"]
-    top = 2 * ln_c
     fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.6), squeeze=False)
     for ax, (name, runs) in zip(axes[0], models):
+        # Up to 2 ln C, or every fit's starting loss (raw pixels start far above ln C) up to 10 ln C.
+        starts = [r["losses"][0] for r in runs if isinstance(r["losses"][0], (int, float)) and math.isfinite(r["losses"][0])]
+        top = min(10 * ln_c, max([2 * ln_c] + [1.1 * v for v in starts]))
         left = 0  # fits that left the axis so far: their marks stack above the top edge
         for run in runs:
             lr = run.get("lr")
             losses = [v if isinstance(v, (int, float)) and math.isfinite(v) else float("nan") for v in run["losses"]]
-            # where it leaves the axis: the first loss above the top, or the step after the last
-            # finite one when the loss became non-finite
-            out = next((k for k, v in enumerate(losses) if v > top), None)
-            if out is None and run.get("nonfinite"):
-                out = len(losses)
+            out = None
+            if run.get("diverged") or run.get("nonfinite"):
+                # where it leaves the axis: the first loss above the top, or the step after the last
+                # finite one (a non-finite loss), or its last step
+                out = next((k for k, v in enumerate(losses) if v > top), None)
+                out = out if out is not None else len(losses) if run.get("nonfinite") else len(losses) - 1
             label = f"{run.get('name', '?')}" + (f" (lr {lr:g})" if isinstance(lr, (int, float)) else "")
             shown = losses if out is None else losses[:out + 1]
             line, = ax.plot(range(1, len(shown) + 1), [min(v, top * 1.5) for v in shown], label=label
@@ -251,7 +254,7 @@ def fit_curves(report: dict):
                 left += 1
         ax.axhline(ln_c, color="gray", ls=":", label=f"ln C = {ln_c:.2f}")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-        ax.set_title(f"{name}: fixed batch (X: where a fit left the axis)", fontsize=9, pad=8 + 5 * left)
+        ax.set_title(f"{name}: fixed batch (X: where a fit diverged)", fontsize=9, pad=8 + 5 * left)
         ax.set(xlabel="step", ylabel="loss", ylim=(0, top))
         ax.legend(fontsize=6)
     fig.tight_layout()
