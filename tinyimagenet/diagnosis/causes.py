@@ -65,7 +65,8 @@ CAUSES: tuple[Cause, ...] = (
           "Val labels must come from val/val_annotations.txt with train's sorted-wnid mapping.",
           R.judge_val_misaligned),
     Cause("train_labels_unlearnable", "root",
-          "leave-one-out 1-NN within train below 1.5x chance with 95% confidence (decisive)",
+          "leave-one-out 1-NN within train: the given labels beat the check's own shuffles of them by under "
+          "1 point (or 0.5x chance) with 95% confidence (decisive)",
           "model on held-out train at chance",
           "Train labels carry no signal: check that each class folder holds that class's images.",
           R.judge_unlearnable),
