@@ -4,9 +4,12 @@
 
 1. A root cause demoted to its symptoms: a control confirms its cause when it removes what the
    cause explains (a diverged loss stays finite and falls; a loss stuck at ln C falls clearly
-   below it on val), not only by a significant accuracy gain; gradient symptoms need
-   GRAD_MIN_STEPS sampled steps and never come from the same steps. Hand-made runs for the rules,
-   and a BN-free user CNN whose loss explodes at its SGD lr, diagnosed end to end on synthetic data.
+   below it on val), not only by a significant accuracy gain; a control no better in accuracy
+   but lower in loss does not refute it; gradient symptoms need GRAD_MIN_STEPS sampled steps,
+   never come from the same steps, and score by how many back them. Hand-made runs for the rules,
+   and a BN-free user CNN whose fixed batch explodes at its SGD lr, diagnosed end to end on
+   synthetic data (the run's own loss explodes only on the real subset: the benchmark's
+   t200_lr_x1e3_plain).
 2. Shuffled train labels on the real subset at 20 images per class (200 classes): the label
    check's two-sample rule (given labels vs its own shuffles) must fire, and must not on the true
    labels. Only the real subset shows this (synthetic prototypes give the 1-NN near-perfect signal).
@@ -108,7 +111,7 @@ def test_exploding_steps_are_not_read_as_vanishing_and_scores_count_observations
 
 
 class PlainCNN(nn.Module):
-    """A user's BN-free CNN (the issue's case): at SGD lr 2 its loss explodes in the first epoch."""
+    """A user's BN-free CNN (the issue's case): at SGD lr 10 its loss explodes to ~1e10 and stays finite."""
 
     def __init__(self, num_classes=10):
         super().__init__()
@@ -129,15 +132,18 @@ def test_exploding_lr_is_the_top_cause_not_its_symptoms():
         return TensorDataset(protos[y] * 0.3 + torch.randn(len(y), 3, 16, 16, generator=g), y)
     cfg = DiagnosisConfig(epochs=1, device="cpu", progress=False, probe_per_class=5, batch_size=16,
                           extend_budget_s=0)
-    r = diagnose(PlainCNN, split(30), split(20), None, lambda p: torch.optim.SGD(p, lr=2.0, momentum=0.9),
+    r = diagnose(PlainCNN, split(30), split(20), None, lambda p: torch.optim.SGD(p, lr=10.0, momentum=0.9),
                  num_classes=C, config=cfg)
     print("\n".join(format_model("PlainCNN", r)))
     ids = [c["id"] for c in r["causes"]]
     assert r["verdict"] == "FAIL" and ids[0] == "learning_rate_too_high"
     assert not {"vanishing_gradients", "exploding_gradients"} <= set(ids)
+    # Its control (lr /100) is no better in accuracy after one epoch: before issue 17 that refuted
+    # the cause and the symptoms led. A lower val loss is a trend, not a refutation.
     ctl = [c for c in r["controls"] if c["cause"] == "learning_rate_too_high"]
-    assert ctl and ctl[0]["confirmed"] and ctl[0]["confirmed_by"]
-    assert any(e.startswith("confirmed by ") for e in r["causes"][0]["evidence"])
+    assert ctl and (ctl[0]["confirmed"] or ctl[0]["val_acc"] <= r["epochs"][-1]["val_acc"] + 5)
+    weak = [c for c in r["causes"] if c["id"] in ("exploding_gradients", "vanishing_gradients")]
+    assert all(c["score"] < 0.5 for c in weak)  # one exploding step of 15: a weak symptom, not a 1.00
 
 
 # ----------------------------------------------------- 2. shuffled train labels, real subset, 20/class
