@@ -1,9 +1,10 @@
 """How often the quick diagnosis names the right cause: planted faults and healthy set-ups, scored.
 
-    python benchmarks/diagnosis_accuracy.py --quick                   # 6 faults + 2 healthy, one seed (< 5 min)
+    python benchmarks/diagnosis_accuracy.py --quick                   # 6+2 faults + 2 healthy (2 at 200 classes), one seed
     python benchmarks/diagnosis_accuracy.py --json rows.json          # every set-up, seeds 0 and 1 (< 60 min)
     python benchmarks/diagnosis_accuracy.py --only softmax_head not_shuffled --seeds 0
     python benchmarks/diagnosis_accuracy.py --list                    # the set-ups and their severities
+    python benchmarks/diagnosis_accuracy.py --tier 200 --seeds 0      # only the 200-class tier (tier200.py)
 
 Each set-up (benchmarks/faults.py) injects one fault the way users make it into a user-style or
 registry model on the real Tiny ImageNet subset, or is healthy; `tinyimagenet.diagnosis.diagnose`
@@ -36,7 +37,10 @@ if __name__ == "__main__":
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from faults import PROBE_PER_CLASS, SETUPS, TRAIN_PER_CLASS, VAL_PER_CLASS, Pool  # noqa: E402
+from faults import PROBE_PER_CLASS, SETUPS as SETUPS_10, TRAIN_PER_CLASS, VAL_PER_CLASS, Pool  # noqa: E402
+from tier200 import SETUPS_200  # noqa: E402
+
+SETUPS = SETUPS_10 + SETUPS_200  # tiers: 10-class cuts (faults.py) and 200 classes at CPU sizes (tier200.py)
 
 from tinyimagenet.diagnosis import DiagnosisConfig, diagnose  # noqa: E402
 from tinyimagenet.diagnosis.stats import wilson_interval  # noqa: E402
@@ -64,6 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="tiny-imagenet-200 or its parent (default $TINYIMAGENET_ROOT, else the subset zip "
                         "in ../shared/data extracted to a temp folder)")
     p.add_argument("--list", action="store_true", help="print the set-ups and exit")
+    p.add_argument("--tier", type=int, choices=(10, 200), help="only this tier's set-ups (default: both)")
     p.add_argument("--summarize", nargs="+", metavar="JSON",
                    help="no runs: score rows saved with --json by several calls (a later file's row replaces an "
                         "earlier one for the same set-up and seed)")
@@ -85,7 +90,7 @@ def score(setup, report: dict) -> dict:
     """One row: what the report said, and whether that is right for this set-up."""
     ids = [c["id"] for c in report.get("causes", [])]
     top = ids[0] if ids else "-"
-    row = dict(setup=setup.name, cause=setup.cause or "healthy", arch=setup.arch, severity=setup.severity,
+    row = dict(setup=setup.name, tier=setup.tier, cause=setup.cause or "healthy", arch=setup.arch, severity=setup.severity,
                verdict=report["verdict"], top=top, causes=ids, learning=report.get("learning"),
                seconds=round(report["seconds"], 1))
     if setup.cause is None:
@@ -154,6 +159,14 @@ def summary(rows: list) -> tuple[float, float]:
               f"95% Wilson interval [{lo:.2f}, {hi:.2f}]")
     t = sum(r["seconds"] for r in rows)
     print(f"{len(rows)} runs, {t:.0f} s in diagnose()")
+    for tier in sorted({r.get("tier", 10) for r in rows}):  # one line per tier: their targets are the same
+        rs = [r for r in rows if r.get("tier", 10) == tier]
+        f = [r for r in rs if r["cause"] != "healthy"]
+        h = [r for r in rs if r["cause"] == "healthy"]
+        st = [r for r in f if not (r["verdict"] == "PASS" and r["learning"] == "learning")]
+        print(f"tier {tier}: top-1 recall {sum(r['correct'] for r in f)}/{len(f)}, where the fault stopped learning "
+              f"{sum(r['correct'] for r in st)}/{len(st)}, false alarms {sum(not r['correct'] for r in h)}/{len(h)}, "
+              f"{len(rs)} runs, {sum(r['seconds'] for r in rs):.0f} s")
     return recall, alarms
 
 
@@ -162,7 +175,8 @@ def main(argv=None) -> dict:
     setups = SETUPS
     if args.list:
         for s in setups:
-            print(f"{s.name:<36} {s.cause or 'healthy':<26} {s.arch:<24} {s.severity}{'  [quick]' if s.quick else ''}")
+            print(f"{s.name:<36} {s.tier:>3} {s.cause or 'healthy':<26} {s.arch:<24} {s.severity}"
+                  f"{'  [quick]' if s.quick else ''}")
         return {}
     if args.summarize:  # a suite split over several calls (seeds, added set-ups), scored as one
         # A later file's row replaces an earlier one for the same set-up and seed (a rerun).
@@ -178,8 +192,8 @@ def main(argv=None) -> dict:
         if unknown:
             raise SystemExit(f"unknown set-up(s): {' '.join(sorted(unknown))} (see --list)")
         setups = [s for s in setups if s.name in args.only]
-    elif args.quick:
-        setups = [s for s in setups if s.quick]
+    else:
+        setups = [s for s in setups if (not args.quick or s.quick) and args.tier in (None, s.tier)]
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1])
     torch.set_num_threads(min(2, torch.get_num_threads()))
     t0 = time.perf_counter()

@@ -238,6 +238,7 @@ class Setup:
     make: Callable           # (pool, seed) -> diagnose() keyword arguments (+ "config": overrides)
     root: str | None = None  # symptom set-ups: the documented root cause, if the fault has one
     quick: bool = False      # part of --quick
+    tier: int = 10           # the benchmark tier it is summarized in: 10-class cuts, or 200 classes (tier200.py)
 
 
 def user(model, *, opt=None, loss=None, config=None, **data_kw):

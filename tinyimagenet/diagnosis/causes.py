@@ -65,7 +65,8 @@ CAUSES: tuple[Cause, ...] = (
           "Val labels must come from val/val_annotations.txt with train's sorted-wnid mapping.",
           R.judge_val_misaligned),
     Cause("train_labels_unlearnable", "root",
-          "leave-one-out 1-NN within train below 1.5x chance with 95% confidence (decisive)",
+          "leave-one-out 1-NN within train: the given labels beat the check's own shuffles of them by under "
+          "1 point (or 0.5x chance) with 95% confidence (decisive)",
           "model on held-out train at chance",
           "Train labels carry no signal: check that each class folder holds that class's images.",
           R.judge_unlearnable),
@@ -105,10 +106,12 @@ CAUSES: tuple[Cause, ...] = (
           R.judge_unshuffled, control=R.control_of(shuffle=True)),
     # ------------------------------------------- symptoms, in causal order (upstream first): the order ranks them
     Cause("vanishing_gradients", "symptom",
-          "median smallest/largest layer gradient norm < 1e-5 over the run's sampled steps", "—",
+          "median smallest/largest positive layer gradient norm < 1e-5 over >= 5 sampled steps of the run, "
+          "steps with exploding gradients left out", "—",
           "Use BatchNorm or residual connections, ReLU rather than sigmoid/tanh, and Kaiming initialization.",
           R.judge_vanishing, roots=("learning_rate_too_high",)),
-    Cause("exploding_gradients", "symptom", "a gradient/weight norm ratio > 10 (non-finite gradients noted)", "—",
+    Cause("exploding_gradients", "symptom", "a gradient/weight norm ratio > 10 (non-finite gradients noted), the run read at >= 5 sampled steps; "
+          "scored by how many exceed it", "—",
           "Lower the learning rate, clip gradients, check the initialization.",
           R.judge_exploding, roots=("learning_rate_too_high", "input_not_normalized")),
     Cause("non_finite_loss", "symptom", "the run's loss turns NaN/inf: epoch and step", "control at the best lower lr",

@@ -192,6 +192,9 @@ class RunResult:
     grad_rows: list = field(default_factory=list)    # per sampled step: {"step", "layer", "grad_norm", "weight_norm"}
     dead: dict = field(default_factory=dict)         # ReLU site -> share of units never active, end of run
     input_dependence: float = float("nan")           # share of the logits' variation due to the input, end of run
+    loss_trace: list = field(default_factory=list)  # mean train loss per sync window, in order (the last may be inf)
+    val_losses: torch.Tensor | None = None          # last epoch's per-image val cross-entropy (CPU)
+    grad_every: int = 0                             # gradient norms were sampled every this many steps
 
     @property
     def final(self) -> dict:
@@ -199,20 +202,19 @@ class RunResult:
 
 
 @torch.no_grad()
-def predict(model, loader, change: Change, amp: bool) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(predictions on CPU, logits of the first batch, mean cross-entropy) in eval mode."""
+def predict(model, loader, change: Change, amp: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(predictions on CPU, logits of the first batch, per-image cross-entropy on CPU) in eval mode."""
     model.eval()
     loader.set_epoch(0)
-    preds, first, loss_sum, n = [], None, 0.0, 0
+    preds, first, losses = [], None, []
     with forward_context(model, change):
         for x, y in loader:
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(x).float()
             preds.append(logits.argmax(1))
-            loss_sum = loss_sum + nn.functional.cross_entropy(logits, y, reduction="sum")  # stays on the device
-            n += len(y)
+            losses.append(nn.functional.cross_entropy(logits, y, reduction="none"))  # stays on the device
             first = logits if first is None else first
-    return torch.cat(preds).cpu(), first, float(loss_sum) / max(1, n)
+    return torch.cat(preds).cpu(), first, (torch.cat(losses).cpu() if losses else torch.zeros(0))
 
 
 def input_dependence(logits: torch.Tensor) -> float:
@@ -230,17 +232,21 @@ def input_dependence(logits: torch.Tensor) -> float:
 
 
 def train_short(subject: Subject, change: Change, *, epochs: int, device, amp: bool = False,
-                grad_every: int = T.GRAD_EVERY, sync_every: int = T.SYNC_EVERY, schedule=None, progress=None) -> RunResult:
+                grad_every: int | None = None, sync_every: int = T.SYNC_EVERY, schedule=None, progress=None) -> RunResult:
     """`epochs` epochs of training with held-out probe and val predictions after each epoch.
 
     Losses and counts stay on the device between syncs (every `sync_every` steps): a non-finite
     loss stops the run, naming the epoch and step. Per-layer gradient norms are sampled every
-    `grad_every` steps (the vanishing/exploding evidence comes from the run, not from init).
+    `grad_every` steps (the vanishing/exploding evidence comes from the run, not from init); by
+    default every GRAD_EVERY steps, more often when that would give fewer than GRAD_SAMPLES samples
+    (200 classes x 10 images in batches of 64 is 31 steps an epoch: every 10th gave 4 samples).
     """
     train, probe, val = subject.loaders(True if change.shuffle else None)
     model, opt = build(subject, change, device)
     scheduler = schedule(opt, len(train)) if schedule is not None else None
-    result = RunResult(change)
+    if grad_every is None:
+        grad_every = max(1, min(T.GRAD_EVERY, len(train) * epochs // T.GRAD_SAMPLES))
+    result = RunResult(change, grad_every=grad_every)
     amp = amp and torch.device(device).type == "cuda"
     params = [(n, p) for n, p in model.named_parameters() if p.ndim > 1]
     step = 0
@@ -270,6 +276,7 @@ def train_short(subject: Subject, change: Change, *, epochs: int, device, amp: b
             step += 1
             if len(window) >= sync_every or step % len(train) == 0:
                 values = torch.stack(window).float()
+                result.loss_trace.append(float(values.mean()))
                 bad = (~torch.isfinite(values)).nonzero()
                 if len(bad):
                     k = int(bad[0])
@@ -281,12 +288,12 @@ def train_short(subject: Subject, change: Change, *, epochs: int, device, amp: b
         if result.nonfinite:
             break
         loss_sum, correct, count = sums.tolist()
-        val_preds, val_logits, val_loss = predict(model, val, change, amp)
+        val_preds, val_logits, val_losses = predict(model, val, change, amp)
         probe_preds, _, _ = predict(model, probe, change, amp)
-        result.val_preds, result.probe_preds = val_preds, probe_preds
+        result.val_preds, result.probe_preds, result.val_losses = val_preds, probe_preds, val_losses
         result.history.append(dict(
             epoch=epoch + 1, train_loss=loss_sum / max(1, count), train_acc=100 * correct / max(1, count),
-            val_loss=val_loss, val_acc=100 * float((val_preds == subject.val_y).float().mean()),
+            val_loss=float(val_losses.mean()) if len(val_losses) else float("nan"), val_acc=100 * float((val_preds == subject.val_y).float().mean()),
             probe_acc=100 * float((probe_preds == subject.probe_y).float().mean()), lr=lr_of(opt),
             input_dependence=input_dependence(val_logits)))
     result.grad_rows = [{"step": s, "layer": name, "grad_norm": float(g), "weight_norm": float(w)}

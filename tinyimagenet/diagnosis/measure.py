@@ -61,45 +61,62 @@ def _tiny_features(images: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     return torch.cat(out)
 
 
-def nearest_neighbour_preds(ref_images, ref_targets, query_images, exclude: torch.Tensor | None = None) -> torch.Tensor:
-    """1-nearest-neighbour labels on 8x8 pixels: does a label predict its images, without a model?
+def nearest_neighbours(ref_images, query_images, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """Index in `ref_images` of each query's nearest neighbour on 8x8 pixels (cosine, mean removed).
 
     `exclude[i]`: the index in `ref_images` that query i must not match (itself: leave-one-out).
     """
     ref = _tiny_features(ref_images)  # on the images' device
-    ref_targets = ref_targets.to(ref.device)
-    preds = []
+    out = []
     for i in range(0, len(query_images), 2048):
         sims = _tiny_features(query_images[i:i + 2048]) @ ref.T
         if exclude is not None:
             rows = torch.arange(len(sims), device=sims.device)
             sims[rows, exclude[i:i + 2048].to(sims.device)] = -float("inf")
-        preds.append(ref_targets[sims.argmax(1)])
-    return torch.cat(preds).cpu()
+        out.append(sims.argmax(1))
+    return torch.cat(out).cpu()
+
+
+def nearest_neighbour_preds(ref_images, ref_targets, query_images, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """1-nearest-neighbour labels on 8x8 pixels: does a label predict its images, without a model?"""
+    return ref_targets.cpu()[nearest_neighbours(ref_images, query_images, exclude)]
 
 
 def label_signal(train_images, train_targets, val_images, val_targets, num_classes: int,
                  max_queries: int = T.LABEL_SIGNAL_QUERIES, seed: int = 0) -> Check:
-    """1-NN accuracy within train (leave-one-out) and on val, each against chance, and val against train.
+    """1-NN accuracy within train (leave-one-out) and on val, each against chance, and val against train;
+    and the leave-one-out hits with the given labels against the same neighbours under labels shuffled here.
 
     Leave-one-out over up to `max_queries` train images gives the train-label check thousands of
     queries instead of a small held-out slice. On the real subset 1-NN scores a few percent against
     0.5% chance; shuffled train labels give chance on both, misaligned val labels on val only.
     "Val below train" is a two-sample test of the difference, not one side significant and the
     other not (the false alarm that rule gave on 200 val images).
+
+    "shuffled": the same queries and the same neighbours, with the train labels permuted by this
+    check LABEL_SHUFFLES times (seeded). That arm is what "no signal" looks like on this very data
+    (hub neighbours, class sizes and all), so the given labels are compared with it (Fisher, and
+    the Newcombe interval of the difference) instead of with a multiple of chance.
     """
     n = len(train_targets)
-    pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_queries]
-    train = chance_test(nearest_neighbour_preds(train_images, train_targets, train_images[pick.to(train_images.device)],
-                                                exclude=pick), train_targets[pick], num_classes)
+    y = train_targets.cpu()
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(n, generator=g)[:max_queries]
+    nn_idx = nearest_neighbours(train_images, train_images[pick.to(train_images.device)], exclude=pick)
+    train = chance_test(y[nn_idx], y[pick], num_classes)
     val = chance_test(nearest_neighbour_preds(train_images, train_targets, val_images), val_targets, num_classes)
     k_t, k_v = round(train.accuracy * train.n / 100), round(val.accuracy * val.n / 100)
     gap = two_proportion_test(k_v, val.n, k_t, train.n)  # is train (2) above val (1)?
-    status = "warn" if (not train.significant) or gap.significant else "pass"
+    k_s = 0
+    for _ in range(T.LABEL_SHUFFLES):
+        z = y[torch.randperm(n, generator=g)]
+        k_s += int((z[nn_idx] == z[pick]).sum())
+    shuffled = two_proportion_test(k_s, T.LABEL_SHUFFLES * len(pick), k_t, len(pick))  # given labels above shuffled?
+    status = "warn" if (not shuffled.significant) or gap.significant else "pass"
     return Check("label_signal", status,
                  f"1-NN on 8x8 pixels, train (leave-one-out): {train.describe()}; val: {val.describe()}; "
-                 f"{gap.describe('val', 'train')}",
-                 {"train": train, "val": val, "gap": gap})
+                 f"{gap.describe('val', 'train')}; leave-one-out hits, {shuffled.describe('labels shuffled by the check', 'given labels')}",
+                 {"train": train, "val": val, "gap": gap, "shuffled": shuffled})
 
 
 # --------------------------------------------------------------------------- inputs and batches

@@ -16,7 +16,7 @@ from typing import Callable
 
 from . import thresholds as T
 from .experiments import Change, FitRun
-from .stats import score as evidence_score, wilson_interval
+from .stats import score as evidence_score
 
 DECISIVE, CONFIRMED, CANDIDATE, SYMPTOM = 0, 1, 2, 3  # tiers, ranked in this order
 
@@ -138,15 +138,17 @@ def judge_unlearnable(j: Judging) -> None:
     if not j.experiments or sig is None or ev.probe_test is None or ev.probe_test.significant:
         return
     # "No signal" must be shown, not just "not significant": real labels on 10 classes give the
-    # 1-NN only ~1.6x chance, which a bare non-significance rule read as unlearnable. Leave-one-out
-    # within train, the 1-NN accuracy must lie below NO_SIGNAL x chance with 95% confidence.
-    t = sig.data["train"]
-    k = round(t.accuracy * t.n / 100)
-    hi = wilson_interval(k, t.n)[1]
-    if hi < T.NO_SIGNAL / ev.num_classes:
+    # 1-NN only ~1.6x chance. The given labels' leave-one-out hits are compared with the same
+    # neighbours under the check's own shuffles of the labels (measure.label_signal): their advantage
+    # must lie below the margin with 95% confidence. The old "95% bound below 1.5x chance" had too
+    # little power on 200 classes: it missed shuffled labels on 3,800 queries (issue 17).
+    s = sig.data["shuffled"]
+    margin = max(T.NO_SIGNAL_POINTS, (T.NO_SIGNAL - 1) / ev.num_classes)
+    if s.ci_high < margin and not s.significant:
         # Tier 0: no lr, dropout or other change can make a model learn labels without signal.
-        j.add("train_labels_unlearnable", 1 - hi * ev.num_classes / T.NO_SIGNAL, DECISIVE, sig.detail,
-              f"1-NN within train: {k}/{t.n}, upper 95% bound {100 * hi:.2f}% < {T.NO_SIGNAL:g}x chance",
+        j.add("train_labels_unlearnable", max(0.0, 1 - max(0.0, s.ci_high) / margin), DECISIVE, sig.detail,
+              f"1-NN leave-one-out hits, given labels vs the check's own shuffles of them: difference "
+              f"{100 * s.diff:+.2f} points, upper 95% bound {100 * s.ci_high:+.2f} < {100 * margin:.2f} points",
               f"model on held-out train images: {ev.probe_test.describe()}")
 
 
@@ -253,42 +255,68 @@ def judge_dead(j: Judging) -> None:
                   "after training", where=[site])
 
 
-def _gradient_stats(run) -> tuple:
-    """(sorted min/max layer-norm spreads per sampled step, gradient/weight ratios, all finite)."""
+def gradient_steps(run) -> list[dict]:
+    """Per sampled step (step 0, before any update, left out): its largest gradient/weight ratio,
+    whether every gradient is finite, and the smallest/largest positive layer gradient norm.
+
+    A step is "exploding" when its ratio exceeds EXPLODING; the vanishing rule reads only the other
+    steps, so the two symptoms are never drawn from the same steps (a huge largest norm made the
+    min/max spread tiny, and an exactly-zero gradient - a dead or unused layer - read as 0.0).
+    """
     by_step: dict[int, list] = {}
     for r in run.grad_rows:
         by_step.setdefault(r["step"], []).append(r)
-    spreads, ratios, finite = [], [], True
-    for step, rows in by_step.items():
+    out = []
+    for step, rows in sorted(by_step.items()):
+        if step == 0:
+            continue
         g = [r["grad_norm"] for r in rows]
-        finite &= all(math.isfinite(v) for v in g)
-        live = [v for v in g if math.isfinite(v)]
-        if step > 0 and live and max(live) > 0:
-            spreads.append(min(live) / max(live))
-        ratios += [r["grad_norm"] / (r["weight_norm"] + 1e-12) for r in rows if math.isfinite(r["grad_norm"])]
-    return sorted(spreads), ratios, finite
+        ratios = [r["grad_norm"] / (r["weight_norm"] + 1e-12) for r in rows if math.isfinite(r["grad_norm"])]
+        live = [v for v in g if math.isfinite(v) and v > 0]
+        top = max(ratios, default=0.0)
+        out.append({"step": step, "ratio": top, "finite": all(math.isfinite(v) for v in g),
+                    "exploding": top > T.EXPLODING,
+                    "spread": min(live) / max(live) if len(live) > 1 else None})
+    return out
+
+
+def _backed(k: int) -> float:
+    """How far k observations back a symptom: 1 from GRAD_MIN_STEPS on, less below."""
+    return min(1.0, k / T.GRAD_MIN_STEPS)
+
+
+def _sampled(run, n: int) -> str:
+    return f"{n} sampled steps (every {run.grad_every or T.GRAD_EVERY} steps; a rule needs >= {T.GRAD_MIN_STEPS})"
 
 
 def judge_vanishing(j: Judging) -> None:
     run = j.ev.run
     if not (j.experiments and run is not None and run.grad_rows):
         return
-    spreads, _, _ = _gradient_stats(run)
-    if spreads and spreads[len(spreads) // 2] < T.VANISHING:
-        median = spreads[len(spreads) // 2]
-        j.add("vanishing_gradients", min(1.0, -math.log10(median + 1e-30) / 10), SYMPTOM,
-              f"median over {len(spreads)} sampled steps of smallest/largest layer gradient norm: {median:.1e}")
+    spreads = sorted(s["spread"] for s in gradient_steps(run) if not s["exploding"] and s["spread"] is not None)
+    if len(spreads) < T.GRAD_MIN_STEPS:
+        return
+    median = spreads[len(spreads) // 2]
+    if median < T.VANISHING:
+        k = sum(v < T.VANISHING for v in spreads)
+        j.add("vanishing_gradients", min(1.0, -math.log10(median + 1e-30) / 10) * _backed(k), SYMPTOM,
+              f"median over {_sampled(run, len(spreads))} without exploding gradients of smallest/largest "
+              f"positive layer gradient norm: {median:.1e}; {k} of them below {T.VANISHING:g}")
 
 
 def judge_exploding(j: Judging) -> None:
     run = j.ev.run
     if not (j.experiments and run is not None and run.grad_rows):
         return
-    _, ratios, finite = _gradient_stats(run)
-    top = max(ratios, default=0.0)
-    if top > T.EXPLODING:  # non-finite gradients alone are the non-finite loss's business (NaN inputs, say)
-        j.add("exploding_gradients", min(1.0, math.log10(top) / 3), SYMPTOM,
-              f"largest gradient/weight norm ratio {top:.2e}" + ("" if finite else "; some gradients non-finite"))
+    steps = gradient_steps(run)
+    hot = [s for s in steps if s["exploding"]]
+    if len(steps) < T.GRAD_MIN_STEPS or not hot:  # non-finite gradients alone are the non-finite loss's business
+        return
+    top = max(s["ratio"] for s in hot)
+    finite = all(s["finite"] for s in steps)
+    j.add("exploding_gradients", min(1.0, math.log10(top) / 3) * _backed(len(hot)), SYMPTOM,
+          f"gradient/weight norm ratio above {T.EXPLODING:g} at {len(hot)} of {_sampled(run, len(steps))}; "
+          f"largest {top:.2e}" + ("" if finite else "; some gradients non-finite"))
 
 
 # ------------------------------------------------------------- fixed-batch experiments per cause

@@ -16,6 +16,9 @@ Per model, in phases (one function each, in this order):
   after each epoch, tested against chance;
 - `_controls`: for the top causes whose fix applies from outside the code, the same training
   with that fix;
+- `_extend`: before an INCONCLUSIVE verdict, a control that trends right (higher accuracy or lower
+  val loss, not significant) gets `extend_epochs` more epochs on both arms within
+  `extend_budget_s`, the cost printed first;
 - `_finish`: the verdict (verdict.decide) and the report entry (JSON shape in report.py).
 The user's objects are never mutated and the global RNG state is restored.
 """
@@ -68,6 +71,8 @@ class DiagnosisConfig:
     fit_steps: int = 50                   # max optimizer steps of each fit
     control: bool = True                  # rerun training with a fix for the top causes
     max_controls: int = 2                 # control runs at most per model (each costs one training run)
+    extend_epochs: int = T.EXTEND_EPOCHS  # a control trending right but not significant: both arms get this many more
+    extend_budget_s: float = T.EXTEND_BUDGET_S  # ... when the estimated cost fits this many seconds (0: never extend)
     preflight_only: bool = False          # stop before training
     progress: bool = True                 # print the plan and per-epoch lines
 
@@ -96,6 +101,7 @@ class _State:
     x: torch.Tensor | None = None         # the fixed batch of the fits
     y: torch.Tensor | None = None
     seconds_per_step: float = 0.0         # measured on the base fit: the cost estimate
+    seconds_per_epoch: float = 0.0        # measured on the base run: the extension's cost estimate
 
 
 def diagnose(model, train=None, val=None, loss_fn=None, optimizer=None, *, num_classes: int | None = None,
@@ -115,6 +121,7 @@ def diagnose(model, train=None, val=None, loss_fn=None, optimizer=None, *, num_c
         _short_run(st)
         if cfg.control:
             _controls(st)
+            _extend(st)
         return _finish(st)
 
 
@@ -217,9 +224,9 @@ def _fits(st: _State) -> None:
         ev.status = "not trained"
 
 
-def _train(st: _State, change: Change):
+def _train(st: _State, change: Change, epochs: int | None = None):
     sched = st.recipe.make_scheduler if st.recipe is not None else None
-    return train_short(st.subject, change, epochs=st.cfg.epochs, device=st.device,
+    return train_short(st.subject, change, epochs=epochs or st.cfg.epochs, device=st.device,
                        amp=st.cfg.amp and st.device.type == "cuda", schedule=sched)
 
 
@@ -229,7 +236,16 @@ def _short_run(st: _State) -> None:
     per_run = st.seconds_per_step / cfg.fit_batch * (len(s.train_y) + (len(s.val_y) + len(s.probe_y)) / 3) * cfg.epochs
     _log(cfg, f"[{s.name}] rough cost, timed on the fixed-batch fit: {per_run:.0f} s per training run "
               f"(batch {s.batch_size}), and as much again per control run")
+    t = time.perf_counter()
     ev.run = _train(st, Change("base"))
+    st.seconds_per_epoch = (time.perf_counter() - t) / max(1, len(ev.run.history) or cfg.epochs)
+    _judge_run(st)
+
+
+def _judge_run(st: _State) -> None:
+    """The base run's per-epoch lines and its tests against chance (again after an extension)."""
+    s, ev, cfg = st.subject, st.ev, st.cfg
+    ev.val_test = ev.probe_test = ev.gap_test = None
     for row in ev.run.history:
         _log(cfg, f"[{s.name}] epoch {row['epoch']}: train loss {row['train_loss']:.4f}, "
                   f"val top-1 {row['val_acc']:.2f}%, held-out train {row['probe_acc']:.2f}%")
@@ -248,7 +264,6 @@ def _correct(preds, targets) -> int:
 def _controls(st: _State) -> None:
     """Rerun training with the fix of each top cause that has one, until one confirms or the budget ends."""
     s, ev, cfg = st.subject, st.ev, st.cfg
-    n_val = len(s.val_y)
     for finding in rank_causes(ev):
         if len(ev.controls) >= cfg.max_controls or any(c.confirms for c in ev.controls):
             break
@@ -258,12 +273,59 @@ def _controls(st: _State) -> None:
             continue
         _log(cfg, f"[{s.name}] control: {finding.id} -> rerun with {change.describe()}")
         res = _train(st, change)
-        ev.controls.append(Control(
-            cause=finding.id, change=change, result=res, acc=res.final.get("val_acc", 0.0),
-            base_acc=ev.run.final.get("val_acc", 0.0),
-            test=two_proportion_test(_correct(ev.run.val_preds, s.val_y), n_val, _correct(res.val_preds, s.val_y), n_val),
-            chance=chance_test(res.val_preds, s.val_y, s.num_classes) if res.val_preds is not None
-            else above_chance(0.0, n_val, s.num_classes)))
+        ev.controls.append(_control(st, finding.id, change, res))
+
+
+def _control(st: _State, cause: str, change: Change, res, extended: str = "") -> Control:
+    s, ev, n_val = st.subject, st.ev, len(st.subject.val_y)
+    return Control(
+        cause=cause, change=change, result=res, acc=res.final.get("val_acc", 0.0),
+        base_acc=ev.run.final.get("val_acc", 0.0),
+        test=two_proportion_test(_correct(ev.run.val_preds, s.val_y), n_val, _correct(res.val_preds, s.val_y), n_val),
+        chance=chance_test(res.val_preds, s.val_y, s.num_classes) if res.val_preds is not None
+        else above_chance(0.0, n_val, s.num_classes),
+        base=ev.run, num_classes=s.num_classes, extended=extended)
+
+
+def _extend(st: _State) -> None:
+    """Before INCONCLUSIVE: a control that trends right but is not significant gets more epochs.
+
+    Both arms (the base run and that control) are trained again for `extend_epochs` more epochs,
+    when the cost estimated from the base run's epochs fits `extend_budget_s`; the cost is printed
+    first and the report says what was extended and why. The diagnosis already predicts every val
+    image it was given, so more val means giving it more (repo data: `val_per_class`).
+    """
+    ev, cfg = st.ev, st.cfg
+    if cfg.extend_epochs <= 0 or any(c.confirms for c in ev.controls) or ev.status not in ("stuck", "undecided"):
+        return
+    reasons = list(ev.reasons)
+    verdict = decide(ev, rank_causes(ev)).verdict
+    ev.reasons = reasons  # decide() only looked: its sentences come once, at the end
+    trending = [c for c in ev.controls if c.acc > c.base_acc or c.loss_lower]
+    if verdict != "INCONCLUSIVE" or not trending:
+        return
+    ctl = max(trending, key=lambda c: c.acc - c.base_acc)
+    epochs = cfg.epochs + cfg.extend_epochs
+    cost = 2 * epochs * st.seconds_per_epoch
+    why = (f"the control for {ctl.cause} trended right (val top-1 {ctl.acc:.2f}% vs {ctl.base_acc:.2f}%, val loss "
+           f"{'lower' if ctl.loss_lower else 'not lower'}) but was not significant")
+    if cost > cfg.extend_budget_s:
+        _log(cfg, f"[{st.subject.name}] not extended: {epochs} epochs on both arms would cost ~{cost:.0f} s, over "
+                  f"the budget of {cfg.extend_budget_s:.0f} s (extend_budget_s)")
+        ev.reasons.append(f"{why}; extending both arms to {epochs} epochs (~{cost:.0f} s) is over the budget "
+                          f"of {cfg.extend_budget_s:.0f} s (extend_budget_s)")
+        return
+    _log(cfg, f"[{st.subject.name}] extending: {why}; both arms again for {epochs} epochs, ~{cost:.0f} s "
+              f"(budget {cfg.extend_budget_s:.0f} s)")
+    t = time.perf_counter()
+    ev.run = _train(st, Change("base"), epochs)
+    ev.reasons = []
+    _judge_run(st)
+    res = _train(st, ctl.change, epochs)
+    text = (f"both arms retrained for {epochs} epochs instead of {cfg.epochs} ({time.perf_counter() - t:.0f} s, "
+            f"estimated {cost:.0f} s, budget {cfg.extend_budget_s:.0f} s) because {why}")
+    ev.controls = [c for c in ev.controls if c is not ctl] + [_control(st, ctl.cause, ctl.change, res, text)]
+    ev.reasons.append(f"extended: {text}")
 
 
 def _finish(st: _State) -> dict:
@@ -290,6 +352,7 @@ def _report(ev: Evidence, config: dict, fit: list, seconds: float) -> dict:
                       "probe_vs_val": dataclasses.asdict(ev.gap_test) if ev.gap_test else None},
         causes=[c.to_json() for c in v.causes], suggestions=suggestions_for(v.causes, ev),
         controls=[{"cause": c.cause, "change": c.change.describe(), "val_acc": c.acc, "confirmed": c.confirms,
+                   "confirmed_by": c.criterion, "extended": c.extended,
                    "test": dataclasses.asdict(c.test),
                    "epochs": [{k: r[k] for k in ("epoch", "train_loss", "val_acc")} for r in c.result.history],
                    "nonfinite": list(c.result.nonfinite) if c.result.nonfinite else None}

@@ -22,7 +22,10 @@ The rules, each stated once (the numbers in thresholds.py, the per-cause rules i
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+import torch
 
 from . import thresholds as T
 from .causes import CAUSES, by_id
@@ -44,10 +47,77 @@ class Control:
     base_acc: float                       # the base run's last-epoch val top-1 (%)
     test: TwoSample                       # Fisher: control above the base run?
     chance: ChanceTest                    # the control's val against chance
+    base: RunResult | None = None         # the base run it is compared with (the loss criteria read it)
+    num_classes: int = 0                  # C, for ln C
+    extended: str = ""                    # what was extended before deciding, and why ("" if nothing)
+
+    @property
+    def criterion(self) -> str:
+        """Why this control confirms its cause ("" if it does not): it removed what the cause explains.
+
+        - the base loss diverged (non-finite, or above RUN_DIVERGED x ln C) and the control's stayed
+          finite, under that bound, and fell (last window below its first and below ln C);
+        - the base val loss was stuck at ln C and the control's fell clearly below it: per-image val
+          losses significantly below ln C and below the base run's (one-sided z, ALPHA);
+        - or its val accuracy beats the base run's (Fisher, ALPHA) and is above chance.
+        """
+        if self.test.significant and self.chance.significant:
+            return (f"accuracy: val top-1 {self.acc:.2f}% vs {self.base_acc:.2f}% ({self.test.describe('base run', 'control')}), "
+                    f"above chance")
+        if self.base is None or self.num_classes < 2:
+            return ""
+        ln_c = math.log(self.num_classes)
+        if diverged(self.base, ln_c):
+            t = self.result.loss_trace
+            bound = T.RUN_DIVERGED * ln_c
+            if (self.result.nonfinite is None and len(t) >= 2 and all(math.isfinite(v) and v <= bound for v in t)
+                    and t[-1] < min(t[0], ln_c)):
+                worst = max(self.base.loss_trace, default=float("inf"))
+                return (f"loss: the base run's train loss diverged (up to {worst:.3g}); the control's stayed finite "
+                        f"and fell, {t[0]:.3f} -> {t[-1]:.3f} (ln C {ln_c:.3f})")
+            return ""
+        b, c = self.base.val_losses, self.result.val_losses
+        if b is None or c is None or len(b) != len(c) or len(c) < 2:
+            return ""
+        p_base = _below_p(b, ln_c)
+        p_ctl = _below_p(c, ln_c)
+        p_pair = _below_p(c - b, 0.0)
+        if p_base >= T.ALPHA and p_ctl < T.ALPHA and p_pair < T.ALPHA:
+            return (f"loss: the base run's val loss stayed at ln C ({float(b.mean()):.4f} vs {ln_c:.4f}, "
+                    f"p {p_base:.2g}); the control's fell clearly below it ({float(c.mean()):.4f}, p {p_ctl:.1e}; "
+                    f"below the base run's on the same {len(c)} val images, p {p_pair:.1e})")
+        return ""
 
     @property
     def confirms(self) -> bool:
-        return self.test.significant and self.chance.significant  # better than the run, and learning at all
+        return bool(self.criterion)
+
+    @property
+    def loss_lower(self) -> bool:
+        """The control's val loss is below the base run's (or the base diverged and it did not): a trend."""
+        if self.base is None:
+            return False
+        if self.base.nonfinite is not None:
+            return self.result.nonfinite is None
+        b, c = self.base.val_losses, self.result.val_losses
+        return b is not None and c is not None and len(b) == len(c) > 0 and float(c.mean()) < float(b.mean())
+
+
+def diverged(run: RunResult, ln_c: float) -> bool:
+    """The run's loss turned non-finite or rose past RUN_DIVERGED x ln C in some sync window."""
+    return run.nonfinite is not None or any(not math.isfinite(v) or v > T.RUN_DIVERGED * ln_c for v in run.loss_trace)
+
+
+def _below_p(x: torch.Tensor, mu: float) -> float:
+    """One-sided p that the mean of `x` is below `mu` (z-test; per-image losses, n in the hundreds+)."""
+    x = x.double()
+    if len(x) < 2:
+        return 1.0
+    se = float(x.std()) / math.sqrt(len(x))
+    if se == 0:
+        return 0.0 if float(x.mean()) < mu else 1.0
+    z = (mu - float(x.mean())) / se
+    return 0.5 * math.erfc(z / math.sqrt(2))
 
 
 @dataclass
@@ -107,15 +177,20 @@ def _weigh_controls(j: Judging, ev: Evidence) -> None:
         base_ex = max(0.0, ctl.base_acc - 100 / ev.num_classes)
         ctl_ex = max(1e-9, ctl.acc - 100 / ev.num_classes)
         effect = max(0.0, min(1.0, 1 - base_ex / ctl_ex))
-        if ctl.confirms:
-            c = j.add(ctl.cause, evidence_score(t.p_value, effect), CONFIRMED, text, f"control: {ctl.chance.describe()}")
+        extra = [f"extended: {ctl.extended}"] if ctl.extended else []
+        why = ctl.criterion
+        if why:
+            # Confirmed by the loss alone (no accuracy gain yet): scored as a measured effect.
+            s = evidence_score(t.p_value, effect) if why.startswith("accuracy") else max(0.5, effect)
+            c = j.add(ctl.cause, s, CONFIRMED, text, f"control: {ctl.chance.describe()}",
+                      f"confirmed by {why}", *extra)
             c.tentative = False
         elif ctl.cause in j.found:
             c = j.found[ctl.cause]
-            c.evidence.append(f"{text}; control: {ctl.chance.describe()} - not confirmed")
+            c.evidence += [f"{text}; control: {ctl.chance.describe()} - not confirmed", *extra]
             # No better at all: evidence against this cause. Better but not significantly (a small
-            # val set): neither for nor against, so the cause keeps its place.
-            c.refuted = c.tier > CONFIRMED and t.diff <= 0
+            # val set), or a lower loss: neither for nor against, so the cause keeps its place.
+            c.refuted = c.tier > CONFIRMED and t.diff <= 0 and not ctl.loss_lower
 
 
 def rank_causes(ev: Evidence) -> list[Finding]:
