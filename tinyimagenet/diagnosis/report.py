@@ -30,7 +30,7 @@ def format_model(name: str, m: dict) -> list[str]:
     lines = [f"{name}: {m['verdict']} ({m['learning']}; {m['seconds']:.0f} s)"]
     lines += [f"  - {r}" for r in m["reasons"]]
     for c in m["checks"]:
-        if c["status"] in ("warn", "fail"):
+        if c["status"] in ("warn", "fail", "note"):  # notes: how the user's data and model were read
             lines.append(f"  [{c['status']:4}] {c['name']}: {c['detail']}")
     for rank, (c, s) in enumerate(zip(m["causes"], m["suggestions"]), 1):
         lines.append(f"  cause {rank}: {c['id']} (evidence score {c['score']:.2f})")

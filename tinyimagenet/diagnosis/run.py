@@ -29,11 +29,12 @@ from ..loaders import Data, Normalizer, load_data
 from ..registry import MODELS, build_model
 from ..runtime import pick_device
 from ..train import RECIPE_LR_BY_MODEL, RECIPES, TrainConfig, make_optimizer, make_scheduler
-from . import measure
+from . import contract, measure, user_data
 from .experiments import Change, fit_batch, train_short
 from .stats import above_chance, chance_test, two_proportion_test
+from .errors import UserInputError
 from .subject import (BadLabels, Subject, check_labels, default_loss, model_factory, optimizer_factory,
-                      repo_data_subject, user_data_subject)
+                      repo_data_subject)
 from .verdict import Evidence, judge_learning, rank_causes, suggestions_for
 
 ALL_MODELS = ("BaselineCNN", "DeeperWiderCNN", "CNNWithSEAttention", "ResidualCNN", "BestModel")
@@ -66,6 +67,8 @@ class DiagnosisConfig:
     max_controls: int = 2                 # control runs at most per model (each costs one training run)
     preflight_only: bool = False          # stop before training
     progress: bool = True                 # print the plan and per-epoch lines
+    keys: tuple | None = None             # user data: (image key, label key) of dict samples, or tuple positions
+    iterable_cap: int = user_data.ITERABLE_CAP  # user data: samples read at most from an IterableDataset
 
 
 def _recipe(cfg: DiagnosisConfig, name: str) -> TrainConfig:
@@ -81,24 +84,34 @@ def _recipe(cfg: DiagnosisConfig, name: str) -> TrainConfig:
                        seed=cfg.seed, **recipe)
 
 
-def _rng_state() -> tuple:
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+def _rng_state(device: torch.device) -> tuple:
+    # Only the device the diagnosis uses: get_rng_state_all() would start CUDA on every visible GPU,
+    # even under --device cpu.
+    cuda = (device, torch.cuda.get_rng_state(device)) if device.type == "cuda" else None
     return torch.get_rng_state(), cuda, random.getstate(), np.random.get_state()
 
 
 def _restore_rng(state: tuple) -> None:
     torch.set_rng_state(state[0])
     if state[1] is not None:
-        torch.cuda.set_rng_state_all(state[1])
+        torch.cuda.set_rng_state(state[1][1], state[1][0])
     random.setstate(state[2])
     np.random.set_state(state[3])
 
 
 def diagnose(model, train=None, val=None, loss_fn=None, optimizer=None, *, num_classes: int | None = None,
-             config: DiagnosisConfig | None = None, data: Data | None = None, name: str | None = None) -> dict:
-    """Diagnose one model; returns its report entry (see report.py). The process is left as found."""
+             config: DiagnosisConfig | None = None, data: Data | None = None, name: str | None = None,
+             keys: tuple | None = None) -> dict:
+    """Diagnose one model; returns its report entry (see report.py). The process is left as found.
+
+    Bad input (data, model output, loss, options) raises errors.UserInputError before anything costly;
+    `keys=(image_key, label_key)` names the fields of dict samples (or positions in tuple samples).
+    """
     cfg = config or DiagnosisConfig()
-    state = _rng_state()
+    if keys is not None:
+        cfg = dataclasses.replace(cfg, keys=tuple(keys))
+    contract.check_config(cfg.epochs, cfg.preflight_only, num_classes)
+    state = _rng_state(pick_device(cfg.device))
     try:
         return _diagnose(model, train, val, loss_fn, optimizer, num_classes, cfg, data, name)
     finally:
@@ -122,10 +135,12 @@ def _diagnose(model, train, val, loss_fn, optimizer, num_classes, cfg, data, nam
     checks = {}
     if train is not None:
         if val is None or num_classes is None:
-            raise ValueError("diagnose(train=...) needs val= and num_classes= too")
+            raise UserInputError("diagnose(train=...) needs val= and num_classes= too")
         try:
-            fields = user_data_subject(train, val, num_classes, probe_per_class=cfg.probe_per_class,
-                                       batch_size=tc.batch_size, seed=cfg.seed, device=device)
+            fields, data_checks = user_data.user_data_subject(
+                train, val, num_classes, probe_per_class=cfg.probe_per_class, batch_size=tc.batch_size,
+                seed=cfg.seed, device=device, keys=cfg.keys, iterable_cap=cfg.iterable_cap)
+            checks.update(data_checks)
         except BadLabels as err:  # reported before any training: nothing else can be trusted
             checks["labels"] = measure.Check("labels", "fail", str(err))
             return _finish(result, Evidence(num_classes, checks, status="not trained"), cfg, t0)
@@ -139,11 +154,13 @@ def _diagnose(model, train, val, loss_fn, optimizer, num_classes, cfg, data, nam
     make, label = model_factory(functools.partial(build_model, reg_name, dropout=cfg.dropout) if reg_name
                                 else model, num_classes, cfg.seed)
     label = reg_name or label
+    raw_make, make = make, contract.reading_logits(make)  # tuple/dict/.logits outputs read as their logits
     recipe_opt = lambda m: make_optimizer(m, tc)  # noqa: E731
     subject = Subject(name=name or label, make_model=make, loss_fn=loss_fn or default_loss,
                       make_optimizer=optimizer_factory(optimizer, recipe_opt), num_classes=num_classes, **fields)
     schedule = (lambda opt, steps: make_scheduler(opt, tc, steps)) if optimizer is None else None  # noqa: E731
     result["name"] = result["config"]["model"] = subject.name
+    result["data"] = {"train_images": len(subject.train_y) + len(subject.probe_y), "val_images": len(subject.val_y)}
     result["config"]["own_optimizer"], result["config"]["own_loss"] = optimizer is not None, loss_fn is not None
     _log(cfg, f"[{subject.name}] will run: label, batch and init checks; a fixed batch of {cfg.fit_batch} fitted "
               f"for up to {cfg.fit_steps} steps (and once per change if it does not fit)"
@@ -165,6 +182,7 @@ def _diagnose(model, train, val, loss_fn, optimizer, num_classes, cfg, data, nam
     if "labels" in checks:
         return _finish(result, ev, cfg, t0)
     x, y = _fixed_batch(subject, cfg, device)
+    checks.update(contract.check_model(raw_make, x, y, subject.loss_fn, num_classes, device))  # errors here
     model0 = subject.make_model().to(device)
     train_loader, _, _ = subject.loaders()
     first_x, _ = next(iter(train_loader))

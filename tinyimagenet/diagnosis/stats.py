@@ -140,6 +140,20 @@ def required_n(p0: float, p1: float, alpha: float = ALPHA, power: float = 0.8,
         n = end + 1
 
 
+def images_to_decide(n_at_hand: int, p0: float, p1: float, alpha: float = ALPHA, target: float = 0.8) -> int:
+    """How many images would reach power `target`, for a report on `n_at_hand` images that do not: never a
+    number at or below n_at_hand. required_n is the first n that reaches the power, but the exact
+    power is a sawtooth, so n_at_hand can lie above it on a falling tooth ("400 images cannot ...;
+    about 396 would"); then the answer is the first larger n that reaches it again."""
+    n = required_n(p0, p1, alpha, target)
+    if n > n_at_hand:
+        return n
+    n = n_at_hand + 1
+    while power(n, p0, p1, alpha) < target:  # a tooth is a few images wide
+        n += 1
+    return n
+
+
 def _check_rates(p0: float, p1: float) -> None:
     if not 0.0 < p0 < p1 < 1.0:
         raise ValueError(f"need 0 < p0 < p1 < 1 (fractions, not percent), got p0={p0}, p1={p1}")

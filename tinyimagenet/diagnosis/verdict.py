@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 
 from .experiments import FitRun, RunResult
-from .stats import power, required_n, score as evidence_score, wilson_interval
+from .stats import images_to_decide, power, score as evidence_score, wilson_interval
 
 DECISIVE, CONFIRMED, CANDIDATE, SYMPTOM = 0, 1, 2, 3  # tiers, ranked in this order
 MIN_GAIN = 0.1          # below this share of ln C a one-change fit is no evidence, not even for a control
@@ -34,7 +34,7 @@ STUCK_MAX = 1.5          # this multiple of chance (22% on 10 classes, p = 1e-3,
 FROZEN_SHARE = 0.1       # frozen parameters holding >= 10% of the model fail a run that does not learn
 NO_SIGNAL = 1.5          # labels "carry no signal" when 1-NN is below this multiple of chance (95% bound)
 
-ROOT = ("bad_labels", "outputs_are_probabilities", "stochastic_eval", "val_labels_misaligned",
+ROOT = ("bad_labels", "val_overlaps_train", "outputs_are_probabilities", "stochastic_eval", "val_labels_misaligned",
         "train_labels_unlearnable", "learning_rate_too_high", "learning_rate_too_low", "dropout_too_strong",
         "weight_decay_too_strong", "input_not_normalized", "frozen_parameters", "batches_not_shuffled")
 # Symptoms in causal order, upstream first: gradients that vanish or explode leave units dead and
@@ -44,6 +44,7 @@ CAUSES = ROOT + SYMPTOMS
 
 SUGGESTIONS = {
     "bad_labels": "Give labels as class indices 0..C-1 (not one-hot, not 1-based), and check that each split holds every class.",
+    "val_overlaps_train": "Make train and val disjoint: one index list per split (Subset or a sampler each), split before any sampling.",
     "outputs_are_probabilities": "Return logits from forward(): drop the final softmax (cross-entropy applies log-softmax itself).",
     "stochastic_eval": "Pass training=self.training to functional dropout (or use nn.Dropout), so eval mode is deterministic.",
     "val_labels_misaligned": "Val labels must come from val/val_annotations.txt with train's sorted-wnid mapping.",
@@ -116,7 +117,7 @@ def judge_learning(ev: Evidence) -> str:
     seen = power(ev.val_test.n, p0, p1)
     if seen < 0.8:
         ev.reasons.append(f"{ev.val_test.n} val images cannot tell {100 * p1:.2g}% from chance {100 * p0:.2g}% "
-                          f"(power {seen:.2f}); about {required_n(p0, p1):,} would")
+                          f"(power {seen:.2f} < 0.8); {images_to_decide(ev.val_test.n, p0, p1):,} would")
         return "undecided"
     if ev.val_test.accuracy / 100 >= STUCK_MAX * p0:
         ev.reasons.append(f"{ev.val_test.accuracy:.2f}% is {ev.val_test.accuracy / 100 / p0:.1f}x chance but not "
@@ -157,6 +158,9 @@ def rank_causes(ev: Evidence) -> list[Cause]:
     ent = chk("batch_label_entropy")  # sorted batches are a bug whatever this short run shows
     if ent and ent.status == "warn":
         add("batches_not_shuffled", 1 - ent.data["ratio"], DECISIVE, ent.detail)
+    leak = chk("val_overlaps_train")  # val copies of train images: its accuracy measures memory
+    if leak and leak.status == "fail":
+        add("val_overlaps_train", leak.data["share"], DECISIVE, leak.detail)
     ann = chk("val_annotations")
     if ann and ann.status == "fail":
         add("val_labels_misaligned", ann.data["mismatches"] / max(1, ann.data["n"]), DECISIVE, ann.detail)
@@ -207,7 +211,8 @@ def rank_causes(ev: Evidence) -> list[Cause]:
             fit_evidence("weight_decay_too_strong", [fits["no_weight_decay"]], extra=[chk("weight_decay").detail])
         if "log_outputs" in fits and "outputs_are_probabilities" in found:
             found["outputs_are_probabilities"].evidence.append(f"one change: {fits['log_outputs'].describe()}")
-        frozen = {n: why for n, why in base.frozen.items() if "zero" not in why}
+        side = set(chk("output_form").data.get("side_params", ())) if chk("output_form") else set()  # aux heads
+        frozen = {n: why for n, why in base.frozen.items() if "zero" not in why and n not in side}
         if frozen:
             modules = sorted({n.rsplit(".", 1)[0] for n in frozen})
             text = f"{len(frozen)} parameter tensors never changed in {len(base.losses)} steps: " + \
