@@ -214,6 +214,7 @@ def test_leaky_split_is_val_overlaps_train():
     assert r["verdict"] == "FAIL" and r["causes"][0]["id"] == "val_overlaps_train"
     detail = check(r, "val_overlaps_train")["detail"]
     assert "80 of 160 val images (50.0%)" in detail and "not learning" in detail
+    assert any("no evidence of learning" in reason for reason in r["reasons"])
 
 
 def test_integral_float_labels_are_accepted_with_a_note():

@@ -110,6 +110,10 @@ def judge_learning(ev: Evidence) -> str:
         ev.reasons.append(f"loss became {v} at epoch {e}, step {s}")
         return "diverged"
     ev.reasons.append(f"val top-1 {ev.val_test.describe()}")
+    leak = ev.checks.get("val_overlaps_train")
+    if leak is not None and leak.status == "fail":
+        ev.reasons.append(f"{100 * leak.data['share']:.1f}% of the val images are copies of train images: val "
+                          "accuracy here is no evidence of learning")
     if ev.val_test.significant:
         return "learning"
     p0 = 1 / ev.num_classes
