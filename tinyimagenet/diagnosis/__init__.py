@@ -8,9 +8,13 @@
 Modules: `subject` (the user's model, data, loss and optimizer, normalized), `probes` (seeing dropout
 and ReLUs inside any forward), `measure` (measurements without training), `experiments` (the loop
 and one-change runs), `stats` (tests), `verdict` (evidence -> verdict and ranked causes), `run`
-(orchestration), `report` (text and JSON). The command-line face is ../quick_diagnosis.py.
+(orchestration), `report` (text and JSON); `user_data` (the user's splits read as their code reads
+them), `contract` (the model's output and the loss checked before anything costly), `errors`
+(UserInputError, what bad input raises). The command-line face is ../quick_diagnosis.py.
 """
+from .errors import UserInputError
 from .report import format_model, format_report, to_json
 from .run import ALL_MODELS, DiagnosisConfig, diagnose, run_diagnosis
 
-__all__ = ["ALL_MODELS", "DiagnosisConfig", "diagnose", "run_diagnosis", "format_model", "format_report", "to_json"]
+__all__ = ["ALL_MODELS", "DiagnosisConfig", "diagnose", "run_diagnosis", "format_model", "format_report", "to_json",
+           "UserInputError"]

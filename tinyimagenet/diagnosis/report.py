@@ -5,7 +5,8 @@ JSON shape (accuracies in percent, causes ranked, empty when nothing was found):
      "epochs": [{"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "probe_acc"}],
      "verdict": "PASS|FAIL|INCONCLUSIVE", "passed": bool, "learning": "learning|stuck|undecided|diverged|not trained",
      "causes": [{"id", "score", "evidence": [...], "where": [...]}], "suggestions": [...],
-     "fit": [...], "gradient_flow": [...], "control": {...} | null, "controls": [...], "seconds": float}}}
+     "fit": [...], "gradient_flow": [...], "control": {...} | null, "controls": [...], "seconds": float,
+     "data": {"train_images", "val_images"}}}}   (the images the diagnosis read, probe included in train)
 For a model given by file, the name is the class or factory name.
 """
 from __future__ import annotations

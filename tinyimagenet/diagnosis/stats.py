@@ -12,7 +12,8 @@ would tell, and how strong is a piece of evidence. Exact tests in log space; no 
   `above_chance(accuracy_percent, n, C)` is the binomial test alone, for callers that have no
   per-image predictions.
 * `two_proportion_test(k1, n1, k2, n2)`: Fisher's exact test and Newcombe's interval for the difference.
-* `required_n(p0, p1)` / `power(n, p0, p1)`: the exact binomial test's sample size and power.
+* `required_n(p0, p1)` / `power(n, p0, p1)`: the exact binomial test's sample size and power;
+  `images_to_decide(n, p0, p1)` the size to name when n falls short (always > n).
 * `strength(p)` / `score(p, effect)`: evidence on a [0, 1] scale, for ranking causes.
 """
 from __future__ import annotations
