@@ -30,6 +30,8 @@ PROB_ROW_TOL = 1e-4      # outputs >= 0 with rows summing to 1 within this are p
 EVAL_DIFF_REL = 1e-5     # two eval passes differing by more than this share of the output: stochastic eval
 INIT_LOSS_TOL = 0.25     # loss at init within max(1, this x ln C) of ln C: a sound start
 LABEL_SIGNAL_QUERIES = 5000  # leave-one-out 1-NN queries within train: thousands, not a small slice
+OVERLAP_SHARE = 0.01     # val images that are exact copies of train images: decisive from this share up
+                         # (a leaky split copies far more; 1% of val is already a measurable bias)
 
 # ------------------------------------------------------------------ fixed-batch fit (experiments.py)
 FIT_TARGET = 0.1         # "fits" = loss below 10% of ln C: a healthy net memorizes a few images
