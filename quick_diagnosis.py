@@ -28,6 +28,7 @@ if __name__ == "__main__" and "IPython" not in sys.modules:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from tinyimagenet.diagnosis import DiagnosisConfig, diagnose, format_report, to_json
+from tinyimagenet.diagnosis.errors import UserInputError
 from tinyimagenet.registry import MODELS
 
 EXAMPLES = """examples:
@@ -37,8 +38,9 @@ EXAMPLES = """examples:
   python quick_diagnosis.py --model my_net.py:MyNet --data my_data.py:get_splits
       my_net.py:MyNet   an nn.Module class, a factory function, or a module instance; called with
                         num_classes=C when it takes that argument
-      my_data.py:get_splits   a function returning (train_dataset, val_dataset, num_classes); each
-                        dataset a map-style Dataset or DataLoader yielding (image_tensor, label)
+      my_data.py:get_splits   a function returning (train, val, num_classes); each split a DataLoader
+                        (read as your code iterates it), a Dataset, or an IterableDataset (read up to
+                        --iterable-cap samples), yielding (image, label, *extra) or dicts (--keys)
 """
 
 
@@ -57,6 +59,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", default=[], metavar="FILE.py:NAME",
                    help="your model: a class, factory or instance NAME in FILE.py (repeatable)")
     p.add_argument("--loss", metavar="FILE.py:NAME", help="your loss: NAME(logits, targets) -> scalar")
+    p.add_argument("--keys", metavar="IMAGE,LABEL", default=None,
+                   help="--data: the dict keys (or tuple positions, e.g. 0,2) of image and label in a sample")
+    p.add_argument("--iterable-cap", type=int, default=20_000,
+                   help="--data: samples read at most from an IterableDataset (default 20000)")
     p.add_argument("--optimizer", metavar="FILE.py:NAME", help="your optimizer factory: NAME(params) -> Optimizer")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--train-per-class", type=int, default=None, help="train images per class (default all)")
@@ -149,6 +155,9 @@ def main(argv=None) -> dict:
     out, json_path, strict = opts.pop("out"), opts.pop("json"), opts.pop("strict")
     user_models, data_spec, loss_spec, opt_spec = opts.pop("model"), opts.pop("data"), opts.pop("loss"), opts.pop("optimizer")
     registry = opts.pop("models") or ([] if user_models else list(MODELS))
+    from tinyimagenet.diagnosis.user_data import parse_keys
+
+    opts["keys"] = parse_keys(opts["keys"])
     cfg = DiagnosisConfig(models=registry, **opts)
     models = [(name, name) for name in registry] + [(spec.rpartition(":")[2], load_object(spec, "--model"))
                                                     for spec in user_models]
@@ -161,13 +170,18 @@ def main(argv=None) -> dict:
 
     data, train, val, num_classes = None, None, None, None
     if data_spec:
-        splits = load_object(data_spec, "--data")()
+        get_splits = load_object(data_spec, "--data")
+        if not callable(get_splits):
+            raise UserInputError(f"--data {data_spec!r}: {type(get_splits).__name__} is not a function")
+        try:
+            splits = get_splits()
+        except TypeError as err:  # it wants arguments: the CLI calls it with none
+            raise UserInputError(f"--data {data_spec!r}: calling it with no arguments failed: {err}") from None
         if not (isinstance(splits, tuple) and len(splits) == 3):
-            raise ValueError(f"--data {data_spec!r}: the function must return (train_dataset, val_dataset, num_classes)")
+            raise UserInputError(f"--data {data_spec!r}: the function must return (train, val, num_classes), "
+                                 f"got a {type(splits).__name__}")
         train, val, num_classes = splits
-        dataset = {"root": data_spec, "num_classes": int(num_classes), "train_images": len(train.dataset)
-                   if hasattr(train, "dataset") else len(train), "val_images": len(val.dataset)
-                   if hasattr(val, "dataset") else len(val)}
+        dataset = {"root": data_spec, "num_classes": int(num_classes)}  # sizes: as read by the diagnosis
     else:
         from tinyimagenet.diagnosis.run import dataset_summary, load_repo_data
 
@@ -175,10 +189,11 @@ def main(argv=None) -> dict:
         dataset = dataset_summary(data)
     import math
 
-    report = {"dataset": {**dataset, "ln_num_classes": math.log(dataset["num_classes"])}, "models": {}}
+    report = {"dataset": {**dataset, "ln_num_classes": math.log(max(2, dataset["num_classes"]))}, "models": {}}
     for name, model in models:
         report["models"][name] = diagnose(model, train, val, loss_fn, optimizer, num_classes=num_classes,
                                           config=cfg, data=data, name=name)
+        report["dataset"].update(report["models"][name].get("data") or {})  # a user split's size as read
     print(format_report(report))
     if json_path:
         from tinyimagenet.checkpoint import write_json
@@ -200,6 +215,7 @@ if __name__ == "__main__":
 
     try:
         main()
-    except (DatasetError, ValueError, OSError) as err:  # bad options or data: one line, not a traceback
+    # Bad options, data, model output or loss (UserInputError is a ValueError): one line, no traceback.
+    except (DatasetError, UserInputError, ValueError, OSError) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         sys.exit(2)  # what argparse exits with for a bad option

@@ -95,22 +95,23 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 
 
 @contextlib.contextmanager
-def preserved_rng():
-    """Every global RNG as found on entry, restored on exit: torch's CPU and every CUDA device's
-    (`rng_state` per device), Python's `random` and NumPy's. For library code that seeds
-    (the diagnosis) inside a user's process, which must be left as it was."""
+def preserved_rng(device="cpu"):
+    """Every global RNG the code inside can draw from, as found on entry, restored on exit: torch's
+    CPU, the CUDA RNG of `device` when it is a GPU (`rng_state(device)`), Python's `random` and
+    NumPy's. For library code that seeds (the diagnosis) inside a user's process, which must be left
+    as it was. Only `device`'s CUDA state: reading every GPU's (get_rng_state_all) would start a CUDA
+    context on every visible GPU, even for a run on the CPU."""
     import random
 
     import numpy as np
 
-    devices = [torch.device("cpu")] + [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
-    saved = [(d, rng_state(d)) for d in devices]
+    device = torch.device(device)
+    saved = rng_state(device)
     host = random.getstate(), np.random.get_state()
     try:
         yield
     finally:
-        for d, state in saved:
-            set_rng_state(state, d)
+        set_rng_state(saved, device)
         random.setstate(host[0])
         np.random.set_state(host[1])
 

@@ -11,9 +11,13 @@ with why), `recipe` (the optimizer, lr and batch when the user gives none), `sub
 model, data, loss and optimizer, normalized), `probes` (seeing dropout and ReLUs inside any
 forward), `measure` (measurements without training), `experiments` (the loop and one-change
 runs), `stats` (tests), `verdict` (evidence -> ranked causes -> PASS/FAIL/INCONCLUSIVE), `run`
-(the phases), `report` (text and JSON). The command-line face is ../quick_diagnosis.py.
+(the phases), `report` (text and JSON); `user_data` (the user's splits read as their code
+reads them), `contract` (the model's output and the loss checked before anything costly), `errors`
+(UserInputError, what bad input raises). The command-line face is ../quick_diagnosis.py.
 """
+from .errors import UserInputError
 from .report import format_model, format_report, to_json
 from .run import DiagnosisConfig, diagnose, run_diagnosis
 
-__all__ = ["DiagnosisConfig", "diagnose", "run_diagnosis", "format_model", "format_report", "to_json"]
+__all__ = ["DiagnosisConfig", "diagnose", "run_diagnosis", "format_model", "format_report", "to_json",
+           "UserInputError"]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import rules as R
+from . import thresholds as T
 
 KINDS = ("root", "loop", "loss", "input", "symptom")  # every kind but "symptom" is a root cause
 
@@ -47,6 +48,11 @@ CAUSES: tuple[Cause, ...] = (
           "labels out of `[0, C)`, 1-based, one-hot, or one class in a split: decisive, before training", "—",
           "Give labels as class indices 0..C-1 (not one-hot, not 1-based), and check that each split holds every class.",
           R.judge_bad_labels),
+    Cause("val_overlaps_train", "input",
+          f"user data: {T.OVERLAP_SHARE:.0%} or more of the val images are exact copies of train images (hashes of "
+          "the image tensors): decisive, whatever training shows; val accuracy is then no evidence of learning", "—",
+          "Make train and val disjoint: one index list per split (Subset or a sampler each), split before any sampling.",
+          R.judge_val_overlap),
     Cause("outputs_are_probabilities", "root",
           "outputs >= 0 with rows summing to 1 within 1e-4: decisive (log-softmax outputs pass)", "log of the outputs",
           "Return logits from forward(): drop the final softmax (cross-entropy applies log-softmax itself).",

@@ -21,7 +21,7 @@ from .stats import ALPHA, chance_test, two_proportion_test
 @dataclass
 class Check:
     name: str                                  # e.g. "input_stats"
-    status: str                                # "pass", "warn", "fail" or "info"
+    status: str                                # "pass", "warn", "fail", "info" or "note" (shown: how input was read)
     detail: str                                # one readable sentence with the numbers
     data: dict = field(default_factory=dict)   # the measurements themselves
 

@@ -6,7 +6,8 @@ JSON shape (accuracies in percent, causes ranked, empty when nothing was found):
      "verdict": "PASS|FAIL|INCONCLUSIVE", "passed": bool, "learning": "learning|stuck|undecided|diverged|not trained",
      "causes": [{"id", "score", "evidence": [...], "where": [...]}], "suggestions": [...],
      "fit": [...], "gradient_flow": [...], "seconds": float,
-     "controls": [{"cause", "change", "val_acc", "confirmed", "test", "epochs", "nonfinite"}]}}}
+     "controls": [{"cause", "change", "val_acc", "confirmed", "test", "epochs", "nonfinite"}],
+     "data": {"train_images", "val_images"}}}}   (user data: the images the diagnosis read, probe included in train)
 "config" says what was run: the recipe's optimizer, lr and schedule (or the user's optimizer as
 built), batch size, "normalize"/"augment" (the repo's images only; a user's arrive "as given").
 For a model given by file, the name is the class or factory name.
@@ -33,7 +34,7 @@ def format_model(name: str, m: dict) -> list[str]:
     lines = [f"{name}: {m['verdict']} ({m['learning']}; {m['seconds']:.0f} s)"]
     lines += [f"  - {r}" for r in m["reasons"]]
     for c in m["checks"]:
-        if c["status"] in ("warn", "fail"):
+        if c["status"] in ("warn", "fail", "note"):  # notes: how the user's data and model were read
             lines.append(f"  [{c['status']:4}] {c['name']}: {c['detail']}")
     for rank, (c, s) in enumerate(zip(m["causes"], m["suggestions"]), 1):
         lines.append(f"  cause {rank}: {c['id']} (evidence score {c['score']:.2f})")

@@ -99,6 +99,12 @@ def judge_bad_labels(j: Judging) -> None:
         j.add("bad_labels", 1.0, DECISIVE, chk.detail)
 
 
+def judge_val_overlap(j: Judging) -> None:
+    chk = j.check("val_overlaps_train")  # user data only (user_data.py): val copies of train images
+    if chk and chk.data["share"] >= T.OVERLAP_SHARE:  # val accuracy measures memory, whatever training shows
+        j.add("val_overlaps_train", chk.data["share"], DECISIVE, chk.detail)
+
+
 def judge_probabilities(j: Judging) -> None:
     chk = j.check("output_kind")
     if chk and chk.data["kind"] == "probabilities":
@@ -216,7 +222,9 @@ def judge_frozen(j: Judging) -> None:
     if not j.experiments:
         return
     base = j.base
-    frozen = {n: why for n, why in base.frozen.items() if "zero" not in why}
+    form = j.check("output_form")  # parameters feeding only other outputs (an aux head) are not frozen
+    side = set(form.data.get("side_params", ())) if form else set()
+    frozen = {n: why for n, why in base.frozen.items() if "zero" not in why and n not in side}
     if not frozen:
         return
     modules = sorted({n.rsplit(".", 1)[0] for n in frozen})

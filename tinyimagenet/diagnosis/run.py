@@ -6,10 +6,13 @@
     report = run_diagnosis(DiagnosisConfig(models=["BaselineCNN"]))            # several, one report
 
 Per model, in phases (one function each, in this order):
-- `_inputs`: the model factory, the data (read once; bad labels stop here), the loss, the
-  optimizer factory (the user's, or the recipe's: recipe.py);
-- `_preflight`: labels against the label file, batches, inputs, the model at init (outputs, eval
-  determinism, dropout, loss vs ln C), the optimizer's weight decay, the model-free label signal;
+- `_inputs`: the model factory, the data (read once, a user's as their code reads it:
+  user_data.py; bad labels stop here, a leaky split is the check val_overlaps_train), the loss,
+  the optimizer factory (the user's, or the recipe's: recipe.py);
+- `_preflight`: labels against the label file, the model's output and the loss on the fixed batch
+  (contract.py: a broken contract is a UserInputError here, before anything costly), batches,
+  inputs, the model at init (outputs, eval determinism, dropout, loss vs ln C), the optimizer's
+  weight decay, the model-free label signal;
 - `_fits`: a fixed batch fitted as given and, when that fails, each cause's one-change fits (the
   causes table, causes.py, says which);
 - `_short_run`: `epochs` of training with a held-out slice of train (the probe) and val predicted
@@ -20,7 +23,8 @@ Per model, in phases (one function each, in this order):
   val loss, not significant) gets `extend_epochs` more epochs on both arms within
   `extend_budget_s`, the cost printed first;
 - `_finish`: the verdict (verdict.decide) and the report entry (JSON shape in report.py).
-The user's objects are never mutated and the global RNG state is restored.
+The user's objects are never mutated and the global RNG state is restored (CPU, and CUDA on the
+device used only). Bad input (data, model output, loss, options) raises errors.UserInputError.
 """
 from __future__ import annotations
 
@@ -29,21 +33,22 @@ import functools
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 from ..loaders import Data, load_data
 from ..registry import MODELS, build_model
 from ..runtime import pick_device, preserved_rng
-from . import measure
+from . import contract, measure, user_data
 from . import thresholds as T
 from .causes import CAUSES, by_id
+from .errors import UserInputError
 from .experiments import Change, fit_batch, train_short
 from .recipe import Recipe
 from .rules import FitPlan
 from .stats import above_chance, chance_test, two_proportion_test
-from .subject import (BadLabels, Subject, default_loss, model_factory, optimizer_factory, repo_data_subject,
-                      user_data_subject)
+from .subject import BadLabels, Subject, default_loss, model_factory, optimizer_factory, repo_data_subject
 from .verdict import Control, Evidence, decide, judge_learning, rank_causes, suggestions_for
 
 
@@ -75,6 +80,8 @@ class DiagnosisConfig:
     extend_budget_s: float = T.EXTEND_BUDGET_S  # ... when the estimated cost fits this many seconds (0: never extend)
     preflight_only: bool = False          # stop before training
     progress: bool = True                 # print the plan and per-epoch lines
+    keys: tuple | None = None             # user data: (image key, label key) of dict samples, or tuple positions
+    iterable_cap: int = user_data.ITERABLE_CAP  # user data: samples read at most from an IterableDataset
 
 
 def load_repo_data(cfg: DiagnosisConfig) -> Data:
@@ -98,6 +105,7 @@ class _State:
     config: dict                          # the report's "config": what was really run
     t0: float                             # start time (the report's "seconds")
     recipe: Recipe | None = None          # the recipe, when the optimizer is not the user's
+    raw_make: Callable | None = None      # the model factory before its output is read as logits (contract)
     x: torch.Tensor | None = None         # the fixed batch of the fits
     y: torch.Tensor | None = None
     seconds_per_step: float = 0.0         # measured on the base fit: the cost estimate
@@ -105,12 +113,20 @@ class _State:
 
 
 def diagnose(model, train=None, val=None, loss_fn=None, optimizer=None, *, num_classes: int | None = None,
-             config: DiagnosisConfig | None = None, data: Data | None = None, name: str | None = None) -> dict:
-    """Diagnose one model; returns its report entry (see report.py). The process is left as found."""
+             config: DiagnosisConfig | None = None, data: Data | None = None, name: str | None = None,
+             keys: tuple | None = None) -> dict:
+    """Diagnose one model; returns its report entry (see report.py). The process is left as found.
+
+    Bad input (data, model output, loss, options) raises errors.UserInputError before anything costly;
+    `keys=(image_key, label_key)` names the fields of dict samples (or positions in tuple samples).
+    """
     cfg = config or DiagnosisConfig()
+    if keys is not None:
+        cfg = dataclasses.replace(cfg, keys=tuple(keys))
+    contract.check_config(cfg.epochs, cfg.preflight_only, num_classes)
     t0 = time.perf_counter()
-    with preserved_rng():
-        device = pick_device(cfg.device)  # decided once; everything below gets it passed
+    device = pick_device(cfg.device)  # decided once; everything below gets it passed
+    with preserved_rng(device):  # CUDA's RNG of this device only: no other GPU is woken up
         st = _inputs(model, train, val, loss_fn, optimizer, num_classes, cfg, data, name, device, t0)
         if st.subject is None:  # unusable labels: reported before any training, nothing else can be trusted
             return _finish(st)
@@ -144,20 +160,23 @@ def _inputs(model, train, val, loss_fn, optimizer, num_classes, cfg, data, name,
     try:
         if train is not None:
             if val is None or num_classes is None:
-                raise ValueError("diagnose(train=...) needs val= and num_classes= too")
-            fields = user_data_subject(train, val, num_classes, probe_per_class=cfg.probe_per_class,
-                                       batch_size=batch_size, seed=cfg.seed, device=device)
+                raise UserInputError("diagnose(train=...) needs val= and num_classes= too")
+            fields, data_checks = user_data.user_data_subject(
+                train, val, num_classes, probe_per_class=cfg.probe_per_class, batch_size=batch_size,
+                seed=cfg.seed, device=device, keys=cfg.keys, iterable_cap=cfg.iterable_cap)
         else:
             data = data if data is not None else load_repo_data(cfg)
             num_classes = data.num_classes
             fields = repo_data_subject(data, probe_per_class=cfg.probe_per_class, batch_size=batch_size,
                                        seed=cfg.seed, device=device, normalize=cfg.normalize)
+            data_checks = {}
     except BadLabels as err:
         label = name or reg_name or getattr(model, "__name__", type(model).__name__)
         checks = {"labels": measure.Check("labels", "fail", str(err))}
         return _State(cfg, device, None, Evidence(num_classes, checks, status="not trained"),
                       {"model": label, "device": str(device)}, t0)
-    make, label = model_factory(factory, num_classes, cfg.seed)
+    raw_make, label = model_factory(factory, num_classes, cfg.seed)
+    make = contract.reading_logits(raw_make)  # tuple/dict/.logits outputs read as their logits, per call
     subject = Subject(name=name or reg_name or label, make_model=make, loss_fn=loss_fn or default_loss,
                       make_optimizer=optimizer_factory(optimizer, recipe.make_optimizer if recipe else None),
                       num_classes=num_classes, **fields)
@@ -172,7 +191,7 @@ def _inputs(model, train, val, loss_fn, optimizer, num_classes, cfg, data, name,
               **({"recipe": recipe.name, **{k: v for k, v in recipe.to_json().items()
                                             if k not in ("name", "epochs", "device", "batch_size")}}
                  if recipe else {"recipe": "own optimizer"})}
-    st = _State(cfg, device, subject, Evidence(num_classes, {}), config, t0, recipe)
+    st = _State(cfg, device, subject, Evidence(num_classes, dict(data_checks)), config, t0, recipe, raw_make)
     counts = torch.bincount(subject.train_y).min() + torch.bincount(subject.probe_y).min()
     st.ev.full_data = int(counts) >= T.FULL_TRAIN_PER_CLASS
     _log(cfg, f"[{subject.name}] will run: label, batch and init checks; a fixed batch of {cfg.fit_batch} fitted "
@@ -193,6 +212,8 @@ def _preflight(st: _State) -> None:
     train_loader, _, _ = s.loaders()
     x, y = train_loader.batch(torch.randperm(len(s.train_y), generator=g)[:st.cfg.fit_batch])
     st.x, st.y = x.contiguous(), y
+    # The model's output and the loss on these images: a broken contract raises here, in seconds.
+    checks.update(contract.check_model(st.raw_make, st.x, st.y, s.loss_fn, s.num_classes, st.device))
     model0 = s.make_model().to(st.device)
     first_x, _ = next(iter(train_loader))
     opt0 = s.make_optimizer(model0)
@@ -332,6 +353,9 @@ def _finish(st: _State) -> dict:
     result = _report(st.ev, st.config, [st.ev.base.to_json()] + [r.to_json() for r in st.ev.fits]
                      if st.ev.base is not None else [], time.perf_counter() - st.t0)
     result["name"] = st.config["model"]
+    if st.subject is not None:  # the images as read (a user's DataLoader, sampler or IterableDataset decides)
+        s = st.subject
+        result["data"] = {"train_images": len(s.train_y) + len(s.probe_y), "val_images": len(s.val_y)}
     return result
 
 

@@ -12,7 +12,8 @@ would tell, and how strong is a piece of evidence. Exact tests in log space; no 
   `above_chance(accuracy_percent, n, C)` is the binomial test alone, for callers that have no
   per-image predictions.
 * `two_proportion_test(k1, n1, k2, n2)`: Fisher's exact test and Newcombe's interval for the difference.
-* `required_n(p0, p1)` / `power(n, p0, p1)`: the exact binomial test's sample size and power.
+* `required_n(p0, p1)` / `power(n, p0, p1)`: the exact binomial test's sample size and power;
+  `images_to_decide(n, p0, p1)` the size to name when n falls short (always > n).
 * `strength(p)` / `score(p, effect)`: evidence on a [0, 1] scale, for ranking causes.
 """
 from __future__ import annotations
@@ -132,6 +133,20 @@ def required_n(p0: float, p1: float, alpha: float = ALPHA, power: float = 0.8,
                 lo, hi = (lo, mid) if binomial_sf(k, mid, p1) >= target else (mid, hi)
             return hi
         n = end + 1
+
+
+def images_to_decide(n_at_hand: int, p0: float, p1: float, alpha: float = ALPHA, target: float = 0.8) -> int:
+    """How many images would reach power `target`, for a report on `n_at_hand` images that do not: never a
+    number at or below n_at_hand. required_n is the first n that reaches the power, but the exact
+    power is a sawtooth, so n_at_hand can lie above it on a falling tooth ("400 images cannot ...;
+    about 396 would"); then the answer is the first larger n that reaches it again."""
+    n = required_n(p0, p1, alpha, target)
+    if n > n_at_hand:
+        return n
+    n = n_at_hand + 1
+    while power(n, p0, p1, alpha) < target:  # a tooth is a few images wide
+        n += 1
+    return n
 
 
 def _check_rates(p0: float, p1: float) -> None:

@@ -7,8 +7,8 @@ Everything the user passes is left untouched: an `nn.Module` is deep-copied once
 experiment builds its own copy from that template; a class or factory is called afresh (with
 `num_classes=C` when it takes that argument) under the same seed, so every experiment starts
 from the same weights. Data is read once into tensors (the user's transforms applied once, in
-the user's order), so every experiment sees the same images; a DataLoader keeps its batch size
-and its shuffling (or lack of it), which is what the "batches not shuffled" check is about.
+the user's order), so every experiment sees the same images; user_data.py reads them (a DataLoader
+as the user's code iterates it: its sampler, batch size and shuffling or lack of it).
 The repo's own data (a `loaders.Data`) stays uint8 and goes through `BatchLoader`.
 """
 from __future__ import annotations
@@ -22,12 +22,12 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from ..loaders import BatchLoader, Data, epoch_generator
+from .errors import UserInputError, UserTypeError
 
 
-class BadLabels(ValueError):
+class BadLabels(UserInputError):
     """The labels cannot be used as class indices (found before any training)."""
 
 
@@ -105,39 +105,16 @@ def model_factory(model, num_classes: int, seed: int) -> tuple[Callable[[], nn.M
         template = copy.deepcopy(model)  # the user's object is never touched again
         return (lambda: copy.deepcopy(template)), type(model).__name__
     if not callable(model):
-        raise TypeError(f"model must be an nn.Module, a class or a factory, got {type(model).__name__}")
+        raise UserTypeError(f"model must be an nn.Module, a class or a factory, got {type(model).__name__}")
     takes_c = _accepts_num_classes(model)
 
     def make():
         torch.manual_seed(seed)  # the caller restores the global RNG afterwards
         built = model(num_classes=num_classes) if takes_c else model()
         if not isinstance(built, nn.Module):
-            raise TypeError(f"{getattr(model, '__name__', model)}() returned {type(built).__name__}, not an nn.Module")
+            raise UserTypeError(f"{getattr(model, '__name__', model)}() returned {type(built).__name__}, not an nn.Module")
         return built
     return make, getattr(model, "__name__", type(model).__name__)
-
-
-def _read_all(data) -> tuple[torch.Tensor, torch.Tensor, int | None, bool]:
-    """(images, labels, batch_size or None, shuffled) from a map-style Dataset or a DataLoader."""
-    if isinstance(data, DataLoader):
-        batch_size, shuffled = data.batch_size, isinstance(data.sampler, RandomSampler)
-        dataset = data.dataset
-        order = list(range(len(dataset)))  # the loader's own order is re-created below from `shuffled`
-    elif isinstance(data, Dataset) or hasattr(data, "__getitem__"):
-        batch_size, shuffled, dataset, order = None, True, data, range(len(data))
-    else:
-        raise TypeError(f"data must be a map-style Dataset or a DataLoader, got {type(data).__name__}")
-    xs, ys = [], []
-    for i in order:
-        x, y = dataset[i][:2]
-        xs.append(torch.as_tensor(x))
-        ys.append(torch.as_tensor(y))
-    if not xs:
-        raise BadLabels("the dataset is empty")
-    x, y = torch.stack(xs).float(), torch.stack(ys)
-    if x.ndim != 4:
-        raise TypeError(f"images must be (C,H,W) tensors, got shape {tuple(xs[0].shape)}")
-    return x, y, batch_size, shuffled
 
 
 def check_labels(y: torch.Tensor, num_classes: int, split: str) -> list[str]:
@@ -166,31 +143,9 @@ def probe_indices(y: torch.Tensor, num_classes: int, per_class: int | None) -> t
     present = counts[counts > 0]
     k = per_class if per_class is not None else max(1, int(0.05 * int(present.min())))
     if int(present.min()) <= k:
-        raise ValueError(f"--probe-per-class {k} leaves no training images for some class "
-                         f"(smallest class has {int(present.min())}).")
+        raise UserInputError(f"--probe-per-class {k} leaves no training images for some class "
+                             f"(smallest class has {int(present.min())}).")
     return torch.cat([(y == c).nonzero().flatten()[-k:] for c in range(num_classes) if counts[c] > 0])
-
-
-def user_data_subject(train, val, num_classes, *, probe_per_class, batch_size, seed, device) -> dict:
-    """Read the user's splits; returns the Subject's data fields (raises BadLabels first)."""
-    tx, ty, loader_bs, shuffled = _read_all(train)
-    vx, vy, _, _ = _read_all(val)
-    problems = check_labels(ty, num_classes, "train") + check_labels(vy, num_classes, "val")
-    if problems:
-        raise BadLabels("; ".join(problems))
-    ty, vy = ty.long(), vy.long()
-    probe = probe_indices(ty, num_classes, probe_per_class)
-    keep = torch.ones(len(ty), dtype=torch.bool)
-    keep[probe] = False
-    bs = loader_bs or batch_size
-    px, py, tx, ty = tx[probe].to(device), ty[probe], tx[keep].to(device), ty[keep]  # once, not per run
-    vx = vx.to(device)
-
-    def loaders(shuffle: bool | None = None):
-        return (TensorBatches(tx, ty, bs, shuffle=shuffled if shuffle is None else shuffle, device=device, seed=seed),
-                TensorBatches(px, py, 256, shuffle=False, device=device, drop_single=False),
-                TensorBatches(vx, vy, 256, shuffle=False, device=device, drop_single=False))
-    return dict(train_images=tx, train_y=ty, probe_y=py, val_images=vx, val_y=vy, batch_size=bs, loaders=loaders)
 
 
 def repo_data_subject(data: Data, *, probe_per_class, batch_size, seed, device, normalize=True) -> dict:
@@ -223,9 +178,9 @@ def optimizer_factory(optimizer, recipe_factory) -> Callable:
     if optimizer is None:
         return recipe_factory
     if isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError("optimizer must be a factory `params -> Optimizer` (e.g. "
-                        "`lambda params: torch.optim.Adam(params, lr=1e-3)`), not an Optimizer bound to "
-                        "other parameters")
+        raise UserTypeError("optimizer must be a factory `params -> Optimizer` (e.g. "
+                            "`lambda params: torch.optim.Adam(params, lr=1e-3)`), not an Optimizer bound to "
+                            "other parameters")
     return lambda model: optimizer(model.parameters())
 
 

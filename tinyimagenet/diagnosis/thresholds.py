@@ -31,6 +31,8 @@ EVAL_DIFF_REL = 1e-5     # two eval passes differing by more than this share of 
 INIT_LOSS_TOL = 0.25     # loss at init within max(1, this x ln C) of ln C: a sound start
 LABEL_SIGNAL_QUERIES = 5000  # leave-one-out 1-NN queries within train: thousands, not a small slice
 LABEL_SHUFFLES = 4       # the label check's own shuffles of the train labels: the "no signal" arm, 4x the queries
+OVERLAP_SHARE = 0.01     # val images that are exact copies of train images: decisive from this share up
+                         # (a leaky split copies far more; 1% of val is already a measurable bias)
 
 # ------------------------------------------------------------------ fixed-batch fit (experiments.py)
 FIT_TARGET = 0.1         # "fits" = loss below 10% of ln C: a healthy net memorizes a few images

@@ -31,7 +31,7 @@ from . import thresholds as T
 from .causes import CAUSES, by_id
 from .experiments import Change, FitRun, RunResult
 from .rules import CANDIDATE, CONFIRMED, DECISIVE, SYMPTOM, Finding, Judging, fit_gain  # noqa: F401 (re-exported)
-from .stats import ChanceTest, TwoSample, power, required_n, score as evidence_score
+from .stats import ChanceTest, TwoSample, images_to_decide, power, score as evidence_score
 
 _ORDER = {c.id: i for i, c in enumerate(CAUSES)}
 _SYMPTOM_RANK = {c.id: i for i, c in enumerate(c for c in CAUSES if not c.is_root)}
@@ -151,6 +151,10 @@ def judge_learning(ev: Evidence) -> str:
         ev.reasons.append(f"loss became {v} at epoch {e}, step {s}")
         return "diverged"
     ev.reasons.append(f"val top-1 {ev.val_test.describe()}")
+    leak = ev.checks.get("val_overlaps_train")  # user data: val copies of train images (user_data.py)
+    if leak is not None and leak.status == "fail":
+        ev.reasons.append(f"{100 * leak.data['share']:.1f}% of the val images are copies of train images: val "
+                          "accuracy here is no evidence of learning")
     if ev.val_test.significant:
         return "learning"
     p0 = 1 / ev.num_classes
@@ -158,7 +162,8 @@ def judge_learning(ev: Evidence) -> str:
     seen = power(ev.val_test.n, p0, p1)
     if seen < T.POWER_NEEDED:
         ev.reasons.append(f"{ev.val_test.n} val images cannot tell {100 * p1:.2g}% from chance {100 * p0:.2g}% "
-                          f"(power {seen:.2f}); about {required_n(p0, p1):,} would")
+                          f"(power {seen:.2f} < {T.POWER_NEEDED:g}); "
+                          f"{images_to_decide(ev.val_test.n, p0, p1, target=T.POWER_NEEDED):,} would")
         return "undecided"
     if ev.val_test.accuracy / 100 >= T.STUCK_MAX * p0:
         ev.reasons.append(f"{ev.val_test.accuracy:.2f}% is {ev.val_test.accuracy / 100 / p0:.1f}x chance but not "
