@@ -30,6 +30,7 @@ from ..registry import MODELS, build_model
 from ..runtime import pick_device
 from ..train import RECIPE_LR_BY_MODEL, RECIPES, TrainConfig, make_optimizer, make_scheduler
 from . import measure
+from .loss_checks import check_loss
 from .experiments import Change, fit_batch, train_short
 from .stats import above_chance, chance_test, two_proportion_test
 from .subject import (BadLabels, Subject, check_labels, default_loss, model_factory, optimizer_factory,
@@ -162,7 +163,10 @@ def _diagnose(model, train, val, loss_fn, optimizer, num_classes, cfg, data, nam
     ann = measure.annotation_check(subject.root, subject.classes, subject.val_files, subject.val_y)
     if ann is not None:
         checks[ann.name] = ann
-    if "labels" in checks:
+    if loss_fn is not None:  # the user's loss on synthetic logits (loss_checks.py): a faulty loss stops here
+        checks["loss_fn"] = check_loss(loss_fn, num_classes, device)
+    if "labels" in checks or ("loss_fn" in checks and checks["loss_fn"].status == "fail"):
+        ev.status = "not trained"
         return _finish(result, ev, cfg, t0)
     x, y = _fixed_batch(subject, cfg, device)
     model0 = subject.make_model().to(device)

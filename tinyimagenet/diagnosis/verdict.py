@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass, field
 
 from .experiments import FitRun, RunResult
+from .loss_checks import LOSS_FAULTS, SUGGESTIONS as LOSS_SUGGESTIONS
 from .stats import power, required_n, score as evidence_score, wilson_interval
 
 DECISIVE, CONFIRMED, CANDIDATE, SYMPTOM = 0, 1, 2, 3  # tiers, ranked in this order
@@ -36,7 +37,7 @@ NO_SIGNAL = 1.5          # labels "carry no signal" when 1-NN is below this mult
 
 ROOT = ("bad_labels", "outputs_are_probabilities", "stochastic_eval", "val_labels_misaligned",
         "train_labels_unlearnable", "learning_rate_too_high", "learning_rate_too_low", "dropout_too_strong",
-        "weight_decay_too_strong", "input_not_normalized", "frozen_parameters", "batches_not_shuffled")
+        "weight_decay_too_strong", "input_not_normalized", "frozen_parameters", "batches_not_shuffled") + LOSS_FAULTS
 # Symptoms in causal order, upstream first: gradients that vanish or explode leave units dead and
 # outputs collapsed; a non-finite loss is where exploding ends. The order, not the score, ranks them.
 SYMPTOMS = ("vanishing_gradients", "exploding_gradients", "non_finite_loss", "collapsed_outputs", "dead_units")
@@ -60,6 +61,7 @@ SUGGESTIONS = {
     "dead_units": "Lower the learning rate; check the initialization and biases (or add BatchNorm).",
     "vanishing_gradients": "Use BatchNorm or residual connections, ReLU rather than sigmoid/tanh, and Kaiming initialization.",
     "exploding_gradients": "Lower the learning rate, clip gradients, check the initialization.",
+    **LOSS_SUGGESTIONS,
 }
 
 
@@ -157,6 +159,9 @@ def rank_causes(ev: Evidence) -> list[Cause]:
     ent = chk("batch_label_entropy")  # sorted batches are a bug whatever this short run shows
     if ent and ent.status == "warn":
         add("batches_not_shuffled", 1 - ent.data["ratio"], DECISIVE, ent.detail)
+    loss = chk("loss_fn")  # the user's loss measured on synthetic logits (loss_checks.py)
+    if loss and loss.status == "fail":
+        add(loss.data["fault"], 1.0, DECISIVE, loss.detail, where=loss.data["where"])
     ann = chk("val_annotations")
     if ann and ann.status == "fail":
         add("val_labels_misaligned", ann.data["mismatches"] / max(1, ann.data["n"]), DECISIVE, ann.detail)
