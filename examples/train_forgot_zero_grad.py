@@ -8,7 +8,8 @@ script unchanged and names the line:
     python examples/train_forgot_zero_grad.py --data-dir /tmp/tin          # the same run, unwatched
 
 It trains a small CNN on the first --classes classes of the real Tiny ImageNet train split
-(--per-class images each, torchvision transforms, a DataLoader), as a new user would write it.
+(--per-class images each, torchvision transforms, a DataLoader), as a new user would write it;
+--synthetic uses generated images in the same folder layout instead (offline, for the notebook).
 """
 import argparse
 
@@ -25,7 +26,14 @@ parser.add_argument("--classes", type=int, default=10)
 parser.add_argument("--per-class", type=int, default=100)
 parser.add_argument("--epochs", type=int, default=2)
 parser.add_argument("--lr", type=float, default=0.01)
+parser.add_argument("--synthetic", action="store_true", help="generated images instead of --data-dir (offline demo)")
 args = parser.parse_args()
+if args.synthetic:
+    import tempfile
+
+    from tinyimagenet.synthetic import make_synthetic
+    args.data_dir = make_synthetic(tempfile.mkdtemp(), num_classes=args.classes, train_per_class=args.per_class,
+                                   val_per_class=1)
 
 torch.manual_seed(0)
 transform = T.Compose([T.RandomHorizontalFlip(), T.ToTensor(),

@@ -166,7 +166,10 @@ class Observer(TorchFunctionMode):
             info = ModelInfo(type(module).__name__, user_site(), any(isinstance(m, MODE_LAYERS) for m in module.modules()),
                              {id(p) for p in module.parameters() if p.requires_grad})
             if self.capture:
-                info.initial = copy.deepcopy(module)
+                try:
+                    info.initial = copy.deepcopy(module)  # the hand-off's model: its state before any step
+                except Exception:  # a module that cannot be copied is still watched, just not handed off
+                    info.initial = None
             self.models[id(module)], self._model_refs[id(module)] = info, weakref.ref(module)
         grad = torch.is_grad_enabled()
         x = next((a for a in args if isinstance(a, torch.Tensor)), None)
