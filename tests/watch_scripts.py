@@ -93,6 +93,13 @@ HEALTHY = {  # variants a user writes on purpose: none is a fault
     "adam_label_smoothing": [("torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)",
                               "torch.optim.Adam(model.parameters(), lr=3e-3)"),
                              ("nn.CrossEntropyLoss()", "nn.CrossEntropyLoss(label_smoothing=0.1)")],
+    "validation_with_grad_unshuffled": [("    with torch.no_grad():\n        val_loss = criterion(model(x), y)\n"
+                                         "        acc = (model(x).argmax(1) == y).float().mean()\n",
+                                         "    for xv, yv in DataLoader(train, batch_size=32):  # no no_grad, class-sorted\n"
+                                         "        val_loss = criterion(model(xv), yv)\n"
+                                         "    acc = (model(x).argmax(1) == y).float().mean()\n")],
+    "grads_set_to_none_by_hand": [("        opt.zero_grad()\n", "        for p in model.parameters():\n"
+                                   "            p.grad = None\n")],
     "functional_loss_log_softmax": [("criterion = nn.CrossEntropyLoss()\n",
                                      "def criterion(logits, targets):\n"
                                      "    return F.nll_loss(F.log_softmax(logits, dim=1), targets)\n")],

@@ -104,7 +104,8 @@ class Observer(TorchFunctionMode):
         self._model_refs: dict[int, weakref.ref] = {}
         self.opts: dict[int, OptInfo] = {}
         self._stack = 0
-        self._pending: list = []            # grad-enabled forwards since the last backward
+        self._pending: dict = {}            # model id -> (ModelInfo, training) of its last grad-enabled forward
+        self._pending_loss: dict | None = None  # the last grad-enabled loss call; kept if a backward follows
         self._forward_models: set = set()   # ids of models with grad-enabled forwards since the last step
         self._last_out: weakref.ref | None = None
         self._last_model: ModelInfo | None = None
@@ -177,7 +178,7 @@ class Observer(TorchFunctionMode):
             info.train_forwards += 1
             self._forward_models.add(id(module))
             if info.mode_layers:
-                self._pending.append((info, module.training))
+                self._pending[id(module)] = (info, module.training)
             if x is not None:
                 self._pending_x = x
                 if len(info.input_checks) < 3 and x.is_floating_point() and x.ndim in (2, 4):
@@ -251,19 +252,36 @@ class Observer(TorchFunctionMode):
     # ------------------------------------------------------------- torch function calls
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        rec = None
         if func is torch.Tensor.backward:
             self._on_backward()
         elif func in LOSS_FUNCS:
-            self._on_loss(func, args, kwargs)
+            rec = self._on_loss(func, args, kwargs)
         out = func(*args, **kwargs)
         if func in SOFTMAX_FUNCS and isinstance(out, torch.Tensor):
             self._softmax = self._softmax[-7:] + [(weakref.ref(out), user_site())]
-        elif func in LOSS_FUNCS and torch.is_grad_enabled() and isinstance(out, torch.Tensor) and out.requires_grad:
-            self._loss_buf.append(out.detach().float().mean())
+        elif rec is not None and isinstance(out, torch.Tensor):
+            rec["loss"] = out.detach().float().mean()
+            self._pending_loss = rec  # a training step's loss once a backward follows (validation's never is)
+        return out
+
+    def _commit_loss(self, rec: dict) -> None:
+        """A loss call that was backpropagated: a training step's loss, labels and inputs."""
+        if "loss" in rec:
+            self._loss_buf.append(rec["loss"])
             if len(self._loss_buf) >= 256:  # one device tensor per 256 steps; read back only at the end
                 self._loss_chunks.append(torch.stack(self._loss_buf))
                 self._loss_buf = []
-        return out
+        if "entropy" in rec:
+            self.entropy_ratios.append(rec["entropy"])
+        if "pair" in rec and self.n_pairs < MAX_PAIRS:
+            self.pairs_x.append(rec["pair"][0])
+            self.pairs_y.append(rec["pair"][1])
+            self.n_pairs += len(rec["pair"][1])
+        if "capture" in rec and self.n_capture < MAX_CAPTURE:
+            self.capture_x.append(rec["capture"][0])
+            self.capture_y.append(rec["capture"][1])
+            self.n_capture += len(rec["capture"][1])
 
     def _on_backward(self):
         self._stack = 0
@@ -278,16 +296,20 @@ class Observer(TorchFunctionMode):
                 if live and all(p.grad is g and g._version == v for p, g, v in live):
                     self.not_zeroed += 1
                     self.not_zeroed_site = self.not_zeroed_site or site
-        for model, training in self._pending[-4:]:
+        for model, training in self._pending.values():  # the last grad-enabled forward of each model
             if not training:
                 model.train_in_eval.append(site)
-        self._pending = []
+        self._pending = {}
+        if self._pending_loss is not None:
+            self._commit_loss(self._pending_loss)
+            self._pending_loss = None
 
-    def _on_loss(self, func, args, kwargs):
+    def _on_loss(self, func, args, kwargs) -> dict | None:
+        """Measurements of a loss call; for a grad-enabled one, the record to keep if it is backpropagated."""
         logits = args[0] if args else kwargs.get("input")
         target = args[1] if len(args) > 1 else kwargs.get("target")
         if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor) or logits.ndim != 2:
-            return
+            return None
         c = logits.shape[1]
         self.num_classes = self.num_classes or c
         training = torch.is_grad_enabled() and logits.requires_grad
@@ -296,7 +318,8 @@ class Observer(TorchFunctionMode):
         if call is None:
             call = self.loss_calls[site] = self._first_loss_call(func, logits, args, kwargs, site)
         if not training:
-            return
+            return None
+        rec: dict = {}
         i = self.train_loss_calls
         self.train_loss_calls += 1
         hard = not target.is_floating_point() and target.ndim == 1
@@ -308,19 +331,16 @@ class Observer(TorchFunctionMode):
             p = counts[counts > 0] / len(target)
             ideal = math.log(min(len(target), c))
             if ideal > 0:
-                self.entropy_ratios.append(float(-(p * p.log()).sum()) / ideal)
+                rec["entropy"] = float(-(p * p.log()).sum()) / ideal
         x = self._pending_x
         self._pending_x = None
         if hard and x is not None and x.ndim == 4 and len(x) == len(target):
             with torch.no_grad():
                 if self.n_pairs < MAX_PAIRS:
-                    self.pairs_x.append(_tiny_features(x.detach().float()))
-                    self.pairs_y.append(target.detach().clone())
-                    self.n_pairs += len(target)
+                    rec["pair"] = (_tiny_features(x.detach().float()), target.detach().clone())
                 if self.capture and self.n_capture < MAX_CAPTURE:
-                    self.capture_x.append(x.detach().clone())
-                    self.capture_y.append(target.detach().clone())
-                    self.n_capture += len(target)
+                    rec["capture"] = (x.detach().clone(), target.detach().clone())
+        return rec
 
     def _first_loss_call(self, func, logits, args, kwargs, site) -> dict:
         """The loss as called here, measured on synthetic logits, and the kind of input it was given."""
