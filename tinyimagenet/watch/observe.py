@@ -184,7 +184,7 @@ class Observer(TorchFunctionMode):
                 if len(info.input_checks) < 3 and x.is_floating_point() and x.ndim in (2, 4):
                     with torch.no_grad():
                         info.input_checks.append(input_stats(x.detach()))
-        elif module.training and info.mode_layers:
+        elif module.training and info.mode_layers and len(info.eval_in_train) < 1000:
             info.eval_in_train.append(user_site())
         self._last_model = info
         return None
