@@ -253,7 +253,7 @@ class Observer(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         rec = None
-        if func is torch.Tensor.backward:
+        if func is torch.Tensor.backward or func is torch.autograd.backward:
             self._on_backward()
         elif func in LOSS_FUNCS:
             rec = self._on_loss(func, args, kwargs)
