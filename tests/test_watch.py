@@ -149,3 +149,16 @@ def test_stalled_run_without_loop_fault_goes_to_diagnose(tmp_path):
     found = w.diagnose(epochs=2)
     assert "captured" in found and "SGD" in found["captured"]
     assert found["config"]["own_loss"] and found["config"]["own_optimizer"]
+
+
+def test_autograd_backward_call_is_seen_too():
+    torch.manual_seed(0)
+    model = UserNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(32, 3, 4, 4), torch.randint(0, 4, (32,))
+    with watch() as w:
+        for _ in range(8):
+            model.train()
+            torch.autograd.backward(nn.functional.cross_entropy(model(x), y))  # no zero_grad
+            opt.step()
+    assert w.result()["models"]["UserNet"]["causes"][0]["id"] == "gradients_not_zeroed"
