@@ -38,3 +38,11 @@ def test_every_cause_is_complete():
             assert c.fits is None, f"{c.id}: a symptom has no fit of its own; its roots' fits test it"
     assert [c.id for c in causes.roots()] + [c.id for c in causes.symptoms()] == list(causes.ids()), \
         "roots come before symptoms in the table (symptoms in causal order)"
+
+
+def test_the_watcher_ranks_every_loop_and_loss_cause():
+    """Loop and loss faults are table entries the watcher reports: each needs a place in its own order."""
+    from tinyimagenet.watch.rules import ORDER, suggestion
+    mine = [c.id for c in causes.CAUSES if c.kind in ("loop", "loss")]
+    assert len(mine) == 9 and set(mine) <= set(ORDER), set(mine) - set(ORDER)
+    assert all(suggestion(cid) == causes.by_id(cid).suggestion.format(lr="") for cid in ORDER)

@@ -47,7 +47,8 @@ SMOKE_ENV = {
 # Text each notebook must print in smoke mode: the thing it exists to show.
 MUST_SHOW = {
     "01_data": ["val labels match val_annotations.txt", "a perfect classifier scores", "grayscale"],
-    "02_quick_diagnosis": ["val top-1 % per epoch", "top cause", " because ", "outputs_are_probabilities"],
+    "02_quick_diagnosis": ["val top-1 % per epoch", "top cause", " because ", "outputs_are_probabilities",
+                           "gradients_not_zeroed"],
     # 03 and 04 end with tinyimagenet.results' table (its header), 03 with the command that prints it.
     "03_full_training": ["images/s", "best top-1 % (epoch)", "python -m tinyimagenet.results"],
     "04_dropout_before_after": ["legacy dropout reached", "keep probability", "=>", "best top-1 % (epoch)"],

@@ -13,6 +13,11 @@ in rules.py) plus its README row, which tests/test_causes_table.py checks agains
 Table order matters twice: it is the order the fit experiments run in (lr up before lr down,
 which reads the up-sweep), and the last tie-break of the ranking. Symptoms are judged before
 roots, because a root's rule may read them (units dead after training point at the lr).
+
+Kinds: "loss" entries are found by loss_checks.py before training (decisive: run.py stops there);
+"loop" entries only by the watcher (tinyimagenet.watch, a layer above), since diagnose() trains in
+its own loop. The watcher reads every suggestion from here and ranks in its own order
+(watch/rules.py ORDER: in a user's loop, a fault upstream makes the others meaningless).
 """
 from __future__ import annotations
 
@@ -53,6 +58,21 @@ CAUSES: tuple[Cause, ...] = (
           "the image tensors): decisive, whatever training shows; val accuracy is then no evidence of learning", "—",
           "Make train and val disjoint: one index list per split (Subset or a sampler each), split before any sampling.",
           R.judge_val_overlap),
+    # the user's loss, measured on synthetic logits before training (loss_checks.py); the watcher
+    # also tests the loss call it sees, with the call's own options
+    Cause("loss_saturates", "loss",
+          "your loss (`--loss`) on synthetic logits with margin M = 0..128 on the true class stays above ½ ln C "
+          "at its best (a softmax before cross-entropy); names the softmax call: decisive, before training", "—",
+          "Give the loss raw logits: remove the softmax before cross-entropy (it applies log-softmax itself).",
+          R.judge_loss("loss_saturates")),
+    Cause("loss_ignores_labels", "loss",
+          "your loss is the same with every label wrong (`label_smoothing=1.0`): decisive, before training", "—",
+          "The labels never reach the loss: check label_smoothing (< 1) and that the targets are passed.",
+          R.judge_loss("loss_ignores_labels")),
+    Cause("loss_unbounded", "loss",
+          "your loss keeps falling below 0 as the margin grows (NLL on raw logits): decisive, before training", "—",
+          "Use F.cross_entropy on logits, or F.nll_loss on F.log_softmax(logits): NLL on raw logits has no floor.",
+          R.judge_loss("loss_unbounded")),
     Cause("outputs_are_probabilities", "root",
           "outputs >= 0 with rows summing to 1 within 1e-4: decisive (log-softmax outputs pass)", "log of the outputs",
           "Return logits from forward(): drop the final softmax (cross-entropy applies log-softmax itself).",
@@ -110,6 +130,37 @@ CAUSES: tuple[Cause, ...] = (
     Cause("batches_not_shuffled", "root", "label entropy within batches < 50% of shuffled batches'", "batches shuffled",
           "Shuffle the training batches (DataLoader(..., shuffle=True)).",
           R.judge_unshuffled, control=R.control_of(shuffle=True)),
+    # --------------- faults of the user's own training loop: measured only by the watcher
+    # (python -m tinyimagenet.watch SCRIPT.py; rules in tinyimagenet/watch/rules.py, which ranks them)
+    Cause("gradients_not_zeroed", "loop",
+          "watcher: at the first backward after a step, `.grad` is the same tensor, unmodified since the step, "
+          "on at least half of the steps", "—",
+          "Call optimizer.zero_grad() once per step, before loss.backward(): gradients accumulate otherwise.",
+          R.judge_in_own_loop),
+    Cause("optimizer_not_stepping", "loop",
+          "watcher: backward passes and no step; or steps with no gradient on any parameter (half of the "
+          "checked steps)", "—",
+          "Call optimizer.step() after loss.backward(), on an optimizer built from this model's parameters.",
+          R.judge_in_own_loop),
+    Cause("optimizer_not_tracking_model", "loop",
+          "watcher: under half of the parameters used by the forward passes are in the optimizer that steps "
+          "(a model re-created after its optimizer)", "—",
+          "Build the optimizer after the model, from model.parameters() of the model you train "
+          "(re-create the optimizer whenever the model is re-created).",
+          R.judge_in_own_loop),
+    Cause("train_in_eval_mode", "loop",
+          "watcher: half of the backward passes go through a model with dropout/BatchNorm in eval mode", "—",
+          "Call model.train() before the training loop (and again after each evaluation).",
+          R.judge_in_own_loop),
+    Cause("eval_in_train_mode", "loop",
+          "watcher: no-grad forwards of a model with dropout/BatchNorm in train mode", "—",
+          "Call model.eval() before evaluating (dropout and BatchNorm behave differently), then model.train().",
+          R.judge_in_own_loop),
+    Cause("lr_schedule_collapsed", "loop",
+          "watcher: lr under 1e-3 of its start within the first tenth of the steps; says whether "
+          "`scheduler.step()` runs per batch", "—",
+          "Step the scheduler once per epoch if it was built for epochs (or give it the step count).",
+          R.judge_in_own_loop),
     # ------------------------------------------- symptoms, in causal order (upstream first): the order ranks them
     Cause("vanishing_gradients", "symptom",
           "median smallest/largest positive layer gradient norm < 1e-5 over >= 5 sampled steps of the run, "

@@ -158,6 +158,21 @@ def judge_unlearnable(j: Judging) -> None:
               f"model on held-out train images: {ev.probe_test.describe()}")
 
 
+def judge_loss(cause_id: str) -> Callable[[Judging], None]:
+    """The judge of one loss fault: the user's loss measured before training (loss_checks.py, the
+    "loss_fn" check) named it. Decisive: no model can learn through a loss that cannot reward it."""
+    def judge(j: Judging) -> None:
+        chk = j.check("loss_fn")
+        if chk and chk.status == "fail" and chk.data["fault"] == cause_id:
+            j.add(cause_id, 1.0, DECISIVE, chk.detail, where=list(chk.data["where"]))
+    return judge
+
+
+def judge_in_own_loop(j: Judging) -> None:
+    """Loop faults: diagnose() trains in its own loop, where they cannot occur; the watcher
+    (tinyimagenet.watch, above this layer) measures them in the user's script."""
+
+
 # ------------------------------------------------------------------ causes from fit experiments
 def _lr_runs(j: Judging, prefix: str) -> list:
     runs = [r for r in j.ev.fits if r.name.startswith(prefix)]

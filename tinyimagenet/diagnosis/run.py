@@ -9,6 +9,8 @@ Per model, in phases (one function each, in this order):
 - `_inputs`: the model factory, the data (read once, a user's as their code reads it:
   user_data.py; bad labels stop here, a leaky split is the check val_overlaps_train), the loss,
   the optimizer factory (the user's, or the recipe's: recipe.py);
+- `_loss_check`: the user's loss on synthetic logits (loss_checks.py); a faulty loss is decisive
+  and stops here, before anything trains;
 - `_preflight`: labels against the label file, the model's output and the loss on the fixed batch
   (contract.py: a broken contract is a UserInputError here, before anything costly), batches,
   inputs, the model at init (outputs, eval determinism, dropout, loss vs ln C), the optimizer's
@@ -45,6 +47,7 @@ from . import thresholds as T
 from .causes import CAUSES, by_id
 from .errors import UserInputError
 from .experiments import Change, fit_batch, train_short
+from .loss_checks import check_loss
 from .recipe import Recipe
 from .rules import FitPlan
 from .stats import above_chance, chance_test, two_proportion_test
@@ -130,6 +133,8 @@ def diagnose(model, train=None, val=None, loss_fn=None, optimizer=None, *, num_c
         st = _inputs(model, train, val, loss_fn, optimizer, num_classes, cfg, data, name, device, t0)
         if st.subject is None:  # unusable labels: reported before any training, nothing else can be trusted
             return _finish(st)
+        if not _loss_check(st, loss_fn):  # a loss that cannot reward learning: no training can say more
+            return _finish(st)
         _preflight(st)
         _fits(st)
         if cfg.preflight_only:
@@ -200,6 +205,19 @@ def _inputs(model, train, val, loss_fn, optimizer, num_classes, cfg, data, name,
                  f"{len(subject.probe_y)} held-out train and {len(subject.val_y)} val images predicted after each; "
                  f"up to {cfg.max_controls if cfg.control else 0} control runs of the same size") + f"; on {device}")
     return st
+
+
+def _loss_check(st: _State, loss_fn) -> bool:
+    """The user's loss (not the default one) on synthetic logits; False when it is faulty, which
+    the causes table (kind "loss") makes decisive: the run stops here, "not trained"."""
+    if loss_fn is None:
+        return True
+    check = st.ev.checks["loss_fn"] = check_loss(loss_fn, st.subject.num_classes, st.device)
+    if check.status == "fail":
+        st.ev.status = "not trained"
+        _log(st.cfg, f"[{st.subject.name}] loss: {check.data['fault']}, before training: {check.detail}")
+        return False
+    return True
 
 
 def _preflight(st: _State) -> None:

@@ -3,8 +3,8 @@
     from tinyimagenet.diagnosis import thresholds as T
     if gain >= T.FIT_MARGIN: ...
 
-Read by measure.py (checks), experiments.py (fits and the short run), rules.py (evidence ->
-causes), verdict.py (learning, tiers) and run.py (controls). No code here; changing a value
+Read by measure.py (checks), loss_checks.py (the user's loss), experiments.py (fits and the short
+run), rules.py (evidence -> causes), verdict.py (learning, tiers) and run.py (controls). No code here; changing a value
 changes the diagnosis everywhere it is used, and nowhere else needs editing.
 """
 from __future__ import annotations
@@ -33,6 +33,12 @@ LABEL_SIGNAL_QUERIES = 5000  # leave-one-out 1-NN queries within train: thousand
 LABEL_SHUFFLES = 4       # the label check's own shuffles of the train labels: the "no signal" arm, 4x the queries
 OVERLAP_SHARE = 0.01     # val images that are exact copies of train images: decisive from this share up
                          # (a leaky split copies far more; 1% of val is already a measurable bias)
+
+# ------------------------------------------------------------ the user's loss (loss_checks.py)
+LOSS_MARGINS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)  # true-class margins the loss is called at
+LOSS_LABEL_MARGIN = 4.0  # the margin at which right and wrong labels must give different losses
+LOSS_SATURATED = 0.5     # x ln C: a best-case loss above this cannot reward being right (softmax before CE)
+LOSS_IGNORES_TOL = 1e-5  # relative change in the loss under wrong labels that counts as "unchanged"
 
 # ------------------------------------------------------------------ fixed-batch fit (experiments.py)
 FIT_TARGET = 0.1         # "fits" = loss below 10% of ln C: a healthy net memorizes a few images
