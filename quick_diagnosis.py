@@ -72,6 +72,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-control", dest="control", action="store_false",
                    help="skip the reruns with the top causes removed")
     p.add_argument("--max-controls", type=int, default=2, help="control runs at most per model")
+    p.add_argument("--headroom", dest="headroom", action="store_const", const=True, default=None,
+                   help="for a run that learns, screen the changes that could make it learn faster (default: only "
+                        "for a 200-class full-split run below the seed's bar)")
+    p.add_argument("--no-headroom", dest="headroom", action="store_const", const=False, help="never run the screen")
+    p.add_argument("--headroom-budget", type=int, default=2,
+                   help="headroom: full control runs at most, after a 1-epoch screen of each change")
     p.add_argument("--preflight-only", action="store_true", help="stop before training")
     p.add_argument("--out", default=None, help="folder for plots (default: none)")
     p.add_argument("--json", default=None, help="write the report as JSON here")

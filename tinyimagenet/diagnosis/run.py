@@ -29,7 +29,7 @@ from ..loaders import Data, Normalizer, load_data
 from ..registry import MODELS, build_model
 from ..runtime import pick_device
 from ..train import RECIPE_LR_BY_MODEL, RECIPES, TrainConfig, make_optimizer, make_scheduler
-from . import measure
+from . import headroom, measure
 from .experiments import Change, fit_batch, train_short
 from .stats import above_chance, chance_test, two_proportion_test
 from .subject import (BadLabels, Subject, check_labels, default_loss, model_factory, optimizer_factory,
@@ -64,6 +64,9 @@ class DiagnosisConfig:
     fit_steps: int = 50                   # max optimizer steps of each fit
     control: bool = True                  # rerun training with a fix for the top causes
     max_controls: int = 2                 # control runs at most per model (each costs one training run)
+    headroom: bool | None = None          # headroom screen of a run that learns; None: only below the seed's bar
+    headroom_budget: int = 2              # headroom: full control runs at most (after 1-epoch screens)
+    headroom_screen_epochs: int = 1       # headroom: epochs of each change's screen run
     preflight_only: bool = False          # stop before training
     progress: bool = True                 # print the plan and per-epoch lines
 
@@ -118,7 +121,8 @@ def _diagnose(model, train, val, loss_fn, optimizer, num_classes, cfg, data, nam
     result = {"config": {**dataclasses.asdict(tc), "device": str(device), "fit_batch": cfg.fit_batch,
                          "fit_steps": cfg.fit_steps, "user_model": reg_name is None,
                          "user_data": train is not None, "dropout": cfg.dropout if reg_name else "as given"},
-              "checks": [], "fit": [], "epochs": [], "gradient_flow": [], "control": None, "controls": []}
+              "checks": [], "fit": [], "epochs": [], "gradient_flow": [], "control": None, "controls": [],
+              "slows": [], "headroom": {"ran": False, "why": "not trained"}}
     checks = {}
     if train is not None:
         if val is None or num_classes is None:
@@ -231,7 +235,23 @@ def _diagnose(model, train, val, loss_fn, optimizer, num_classes, cfg, data, nam
                                 "chance": chance_test(res.val_preds, subject.val_y, num_classes)
                                 if res.val_preds is not None else above_chance(0.0, len(subject.val_y), num_classes)})
             causes = rank_causes(ev)
+    _headroom(result, ev, cfg, subject, checks, fit, causes,
+              lambda change, epochs: train_short(subject, change, epochs=epochs, device=device, amp=amp,
+                                                 schedule=schedule))
     return _finish(result, ev, cfg, t0)
+
+
+def _headroom(result, ev, cfg, subject, checks, fit, causes, run) -> None:
+    """The headroom screen (headroom.py) of a run that learns: findings into result["slows"]."""
+    reported = any(not c.tentative and not c.refuted for c in causes)
+    on, why = headroom.wanted(cfg.headroom, ev.status, ev.run.history, subject.num_classes, ev.full_data, reported)
+    result["headroom"] = {"ran": on, "why": why}
+    if on:
+        hr = headroom.screen(subject, ev.run, checks, ev.base, fit=fit, run=run, epochs=cfg.epochs,
+                             screen_epochs=cfg.headroom_screen_epochs, budget=cfg.headroom_budget,
+                             known_fits=ev.fits, log=lambda text: _log(cfg, text))
+        result["slows"] = [f.to_json() for f in hr["findings"]]
+        result["headroom"].update(screen=hr["screen"], cost_s=hr["cost_s"])
 
 
 def _fixed_batch(subject, cfg, device):
