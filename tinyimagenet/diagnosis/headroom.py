@@ -9,8 +9,9 @@ A model that learns gets PASS, but a fault can still cost it most of its accurac
 report's legacy dropout: 8.82% after 5 epochs against 22.27% without it). This screen tries the
 changes the diagnosis applies from outside the user's code (every dropout off, lr up and down,
 weight decay 0, inputs standardized, every parameter trainable, batches shuffled), in three steps:
-1. the fixed-batch fit of each change (8 images, <= 50 steps): a change whose fit diverges where
-   the base fit did not is dropped (cheap, and it is how lr x10 on an lr already too high is cut);
+1. the fixed-batch fit of each change (8 images, <= 50 steps, same weights and batch as the base
+   fit): a change whose fit does worse than the base fit is dropped (`fit_worse`; cheap, and it is
+   how lr /10 on an lr already too low is cut before it costs a screen epoch);
 2. a short screen: each surviving change trained for `screen_epochs` epochs; ranked by the val
    loss (eval-mode cross-entropy, smoother than accuracy near chance) against the base run at the
    same epoch; the best `budget` that beat it go on;
@@ -93,7 +94,7 @@ def candidates(checks: dict, base_fit: FitRun | None, subject: Subject) -> list[
     if checks.get("dropout_sites") is not None and checks["dropout_sites"].data.get("sites"):
         out.append(("dropout_too_strong", Change("no_dropout", no_dropout=True)))
     for cause, factors in LR_FACTORS.items():
-        out += [(cause, Change(f"lr_x{f:g}", lr_factor=f)) for f in factors]
+        out += [(cause, Change(f"lr_x{f:g}" if f > 1 else f"lr_div{1 / f:g}", lr_factor=f)) for f in factors]
     if checks.get("weight_decay") is not None and checks["weight_decay"].data.get("max", 0) > 0:
         out.append(("weight_decay_too_strong", Change("no_weight_decay", weight_decay_zero=True)))
     stats = checks.get("input_stats")
@@ -105,6 +106,24 @@ def candidates(checks: dict, base_fit: FitRun | None, subject: Subject) -> list[
     if not subject.shuffled:
         out.append(("batches_not_shuffled", Change("shuffle", shuffle=True)))
     return out
+
+
+FIT_SLOWER = 1.2  # both fits reach the target: the change is worse when it needs > 20% more steps
+
+
+def fit_worse(base: FitRun | None, run: FitRun) -> str:
+    """Why the change's fixed-batch fit is worse than the base fit, or '' when it is not."""
+    if base is None:
+        return ""
+    if run.diverged and not base.diverged:
+        return "its fixed-batch fit diverges where the base fit does not"
+    if base.fitted and not run.fitted:
+        return "its fixed-batch fit does not fit where the base fit does"
+    if base.fitted and run.fitted and len(run.losses) > FIT_SLOWER * len(base.losses):
+        return f"its fixed-batch fit needs {len(run.losses)} steps, the base fit {len(base.losses)}"
+    if not base.fitted and not run.fitted and run.final > base.final:
+        return f"its fixed-batch fit ends higher ({run.final:.3f}) than the base fit ({base.final:.3f})"
+    return ""
 
 
 def _count(preds: torch.Tensor | None, y: torch.Tensor) -> int:
@@ -127,12 +146,13 @@ def screen(subject: Subject, base_run: RunResult, checks: dict, base_fit: FitRun
         f"({screen_epochs} epoch(s) each, then up to {budget} full runs of {epochs * per_epoch:.0f} s)")
     fits = {f.name: f for f in known_fits}
     rows, survivors = [], []
-    base_diverged = base_fit is not None and base_fit.diverged
     for cause, change in cands:
         f = fits.get(change.name) or fit(change)
         row = {"cause": cause, "change": change.describe(), "fit": f.describe()}
-        if f.diverged and not base_diverged:
-            row["dropped"] = "its fixed-batch fit diverges where the base fit does not"
+        worse = fit_worse(base_fit, f)
+        if worse:
+            row["dropped"] = worse
+            log(f"[{subject.name}] headroom: {change.describe()} not screened: {worse}")
         else:
             survivors.append((cause, change, row))
         rows.append(row)
