@@ -2,6 +2,7 @@
 
     python quick_diagnosis.py                                  # all five models, ./data or $TINYIMAGENET_ROOT
     python quick_diagnosis.py --models BaselineCNN --dropout legacy --train-per-class 50 --json report.json
+    python quick_diagnosis.py --models BaselineCNN --dropout legacy --headroom   # what slows a model that learns
     python quick_diagnosis.py --model examples/softmax_head.py:SoftmaxHeadCNN --data-dir /tmp/tin
     python quick_diagnosis.py --model my_net.py:build --data my_data.py:get_splits   # your model and data
     %run quick_diagnosis.py --models BaselineCNN               # in Jupyter (repo root)
@@ -153,6 +154,8 @@ def main(argv=None) -> dict:
     opts = vars(args).copy()
     out, json_path, strict = opts.pop("out"), opts.pop("json"), opts.pop("strict")
     user_models, data_spec, loss_spec, opt_spec = opts.pop("model"), opts.pop("data"), opts.pop("loss"), opts.pop("optimizer")
+    if args.headroom_budget < 0:
+        raise ValueError(f"--headroom-budget {args.headroom_budget}: give 0 or more full control runs")
     registry = opts.pop("models") or ([] if user_models else list(ALL_MODELS))
     cfg = DiagnosisConfig(models=registry, **opts)
     models = [(name, name) for name in registry] + [(spec.rpartition(":")[2], load_object(spec, "--model"))
