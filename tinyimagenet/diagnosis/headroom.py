@@ -109,6 +109,9 @@ def candidates(checks: dict, base_fit: FitRun | None, subject: Subject) -> list[
     return out
 
 
+FIT_TOLERANCE = 0.02  # neither fits: "ends higher" needs 2% of the initial loss more (equal fits tie)
+
+
 def fit_worse(base: FitRun | None, run: FitRun) -> str:
     """Why the change's fixed-batch fit is worse than the base fit, or '' when it is not.
 
@@ -120,7 +123,7 @@ def fit_worse(base: FitRun | None, run: FitRun) -> str:
         return "its fixed-batch fit diverges where the base fit does not"
     if base.fitted and not run.fitted:
         return "its fixed-batch fit does not fit where the base fit does"
-    if not base.fitted and not run.fitted and run.final > base.final:
+    if not base.fitted and not run.fitted and run.final > base.final + FIT_TOLERANCE * base.initial:
         return f"its fixed-batch fit ends higher ({run.final:.3f}) than the base fit ({base.final:.3f})"
     return ""
 
