@@ -1,7 +1,7 @@
 """How often the quick diagnosis names the right cause: planted faults and healthy set-ups, scored.
 
-    python benchmarks/diagnosis_accuracy.py --quick                   # 6 faults + 2 healthy, one seed (< 5 min)
-    python benchmarks/diagnosis_accuracy.py --json rows.json          # every set-up, seeds 0 and 1 (< 60 min)
+    python benchmarks/diagnosis_accuracy.py --quick                   # 6 faults + 2 healthy, one seed (~9 min, loaded CPU)
+    python benchmarks/diagnosis_accuracy.py --json rows.json          # every set-up, seeds 0 and 1 (> 60 min with the screen)
     python benchmarks/diagnosis_accuracy.py --only softmax_head not_shuffled --seeds 0
     python benchmarks/diagnosis_accuracy.py --list                    # the set-ups and their severities
 
