@@ -16,6 +16,8 @@ Per model, in phases (one function each, in this order):
   after each epoch, tested against chance;
 - `_controls`: for the top causes whose fix applies from outside the code, the same training
   with that fix;
+- `_headroom`: for a run that learns with no reported cause, on request or below the seed's bar,
+  the headroom screen (headroom.py): which one change makes it learn more ("slows learning");
 - `_finish`: the verdict (verdict.decide) and the report entry (JSON shape in report.py).
 The user's objects are never mutated and the global RNG state is restored.
 """
@@ -32,7 +34,7 @@ import torch
 from ..loaders import Data, load_data
 from ..registry import MODELS, build_model
 from ..runtime import pick_device, preserved_rng
-from . import measure
+from . import headroom, measure
 from . import thresholds as T
 from .causes import CAUSES, by_id
 from .experiments import Change, fit_batch, train_short
@@ -68,6 +70,9 @@ class DiagnosisConfig:
     fit_steps: int = 50                   # max optimizer steps of each fit
     control: bool = True                  # rerun training with a fix for the top causes
     max_controls: int = 2                 # control runs at most per model (each costs one training run)
+    headroom: bool | None = None          # headroom screen of a run that learns; None: only below the seed's bar
+    headroom_budget: int = T.HEADROOM_BUDGET  # headroom: full control runs at most (after short screens)
+    headroom_screen_epochs: int = T.HEADROOM_SCREEN_EPOCHS  # headroom: epochs of each change's screen run
     preflight_only: bool = False          # stop before training
     progress: bool = True                 # print the plan and per-epoch lines
 
@@ -96,6 +101,9 @@ class _State:
     x: torch.Tensor | None = None         # the fixed batch of the fits
     y: torch.Tensor | None = None
     seconds_per_step: float = 0.0         # measured on the base fit: the cost estimate
+    run_seconds: float = 0.0              # the short run as given, timed: the headroom screen's cost estimate
+    headroom: dict = field(default_factory=lambda: {"ran": False, "why": "not trained"})  # the screen's rows
+    slows: list = field(default_factory=list)  # the screen's findings (headroom.Slowdown), best first
 
 
 def diagnose(model, train=None, val=None, loss_fn=None, optimizer=None, *, num_classes: int | None = None,
@@ -115,6 +123,7 @@ def diagnose(model, train=None, val=None, loss_fn=None, optimizer=None, *, num_c
         _short_run(st)
         if cfg.control:
             _controls(st)
+        _headroom(st)
         return _finish(st)
 
 
@@ -202,10 +211,7 @@ def _preflight(st: _State) -> None:
 def _fits(st: _State) -> None:
     """The fixed batch as given; when it does not fit, each cause's one-change fits, in table order."""
     ev, cfg = st.ev, st.cfg
-
-    def fit(change: Change):
-        return fit_batch(st.subject, change, st.x, st.y, steps=cfg.fit_steps, device=st.device,
-                         num_classes=st.subject.num_classes)
+    fit = functools.partial(_fit, st)
     t = time.perf_counter()
     ev.base = fit(Change("base"))
     st.seconds_per_step = (time.perf_counter() - t) / max(1, len(ev.base.losses))
@@ -217,9 +223,16 @@ def _fits(st: _State) -> None:
         ev.status = "not trained"
 
 
-def _train(st: _State, change: Change):
+def _fit(st: _State, change: Change):
+    """The fixed batch fitted with one change (the same weights and batch each time)."""
+    return fit_batch(st.subject, change, st.x, st.y, steps=st.cfg.fit_steps, device=st.device,
+                     num_classes=st.subject.num_classes)
+
+
+def _train(st: _State, change: Change, epochs: int | None = None):
+    """The short run with one change, `cfg.epochs` long unless told (the headroom screen's runs)."""
     sched = st.recipe.make_scheduler if st.recipe is not None else None
-    return train_short(st.subject, change, epochs=st.cfg.epochs, device=st.device,
+    return train_short(st.subject, change, epochs=epochs or st.cfg.epochs, device=st.device,
                        amp=st.cfg.amp and st.device.type == "cuda", schedule=sched)
 
 
@@ -229,7 +242,9 @@ def _short_run(st: _State) -> None:
     per_run = st.seconds_per_step / cfg.fit_batch * (len(s.train_y) + (len(s.val_y) + len(s.probe_y)) / 3) * cfg.epochs
     _log(cfg, f"[{s.name}] rough cost, timed on the fixed-batch fit: {per_run:.0f} s per training run "
               f"(batch {s.batch_size}), and as much again per control run")
+    t = time.perf_counter()
     ev.run = _train(st, Change("base"))
+    st.run_seconds = time.perf_counter() - t
     for row in ev.run.history:
         _log(cfg, f"[{s.name}] epoch {row['epoch']}: train loss {row['train_loss']:.4f}, "
                   f"val top-1 {row['val_acc']:.2f}%, held-out train {row['probe_acc']:.2f}%")
@@ -266,10 +281,27 @@ def _controls(st: _State) -> None:
             else above_chance(0.0, n_val, s.num_classes)))
 
 
+def _headroom(st: _State) -> None:
+    """The headroom screen (headroom.py) of a run that learns and has no reported cause."""
+    s, ev, cfg = st.subject, st.ev, st.cfg
+    reported = bool(decide(ev, rank_causes(ev)).causes)
+    on, why = headroom.wanted(cfg.headroom, ev.status, ev.run.history, s.num_classes, ev.full_data, reported)
+    st.headroom = {"ran": on, "why": why}
+    if not on:
+        return
+    hr = headroom.screen(s, ev, fit=functools.partial(_fit, st), run=functools.partial(_train, st),
+                         epochs=cfg.epochs, epoch_seconds=st.run_seconds / max(1, len(ev.run.history)),
+                         screen_epochs=cfg.headroom_screen_epochs,
+                         budget=cfg.headroom_budget, log=lambda text: _log(cfg, text))
+    st.slows = [f.to_json() for f in hr["findings"]]
+    st.headroom.update(screen=hr["screen"], cost_s=hr["cost_s"])
+
+
 def _finish(st: _State) -> dict:
     result = _report(st.ev, st.config, [st.ev.base.to_json()] + [r.to_json() for r in st.ev.fits]
                      if st.ev.base is not None else [], time.perf_counter() - st.t0)
     result["name"] = st.config["model"]
+    result["slows"], result["headroom"] = st.slows, st.headroom
     return result
 
 

@@ -86,6 +86,7 @@ class Subject:
     val_y: torch.Tensor
     batch_size: int                             # training batch size
     loaders: Callable                           # (shuffle: bool|None) -> (train, probe, val) batch sources
+    shuffled: bool = True                       # the training batches come shuffled as given (the headroom screen)
     root: str = ""                              # the repo dataset's folder (label-file checks), if any
     val_files: list = dataclasses.field(default_factory=list)
     classes: list = dataclasses.field(default_factory=list)
@@ -190,7 +191,8 @@ def user_data_subject(train, val, num_classes, *, probe_per_class, batch_size, s
         return (TensorBatches(tx, ty, bs, shuffle=shuffled if shuffle is None else shuffle, device=device, seed=seed),
                 TensorBatches(px, py, 256, shuffle=False, device=device, drop_single=False),
                 TensorBatches(vx, vy, 256, shuffle=False, device=device, drop_single=False))
-    return dict(train_images=tx, train_y=ty, probe_y=py, val_images=vx, val_y=vy, batch_size=bs, loaders=loaders)
+    return dict(train_images=tx, train_y=ty, probe_y=py, val_images=vx, val_y=vy, batch_size=bs, loaders=loaders,
+                shuffled=shuffled)
 
 
 def repo_data_subject(data: Data, *, probe_per_class, batch_size, seed, device, normalize=True) -> dict:
