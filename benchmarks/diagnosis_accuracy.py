@@ -135,7 +135,7 @@ def _fmt(row) -> str:
             f"{top:<36} {str(row['rank']):>4} {row['seconds']:>6.1f}")
 
 
-def summary(rows: list) -> tuple[float, float]:
+def summary(rows: list) -> tuple[float, float, float]:
     faulty = [r for r in rows if r["cause"] != "healthy"]
     healthy = [r for r in rows if r["cause"] == "healthy"]
     print("\nrecall per cause (top-1 by the rule above):")
