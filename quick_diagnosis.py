@@ -2,6 +2,7 @@
 
     python quick_diagnosis.py                                  # all five models, ./data or $TINYIMAGENET_ROOT
     python quick_diagnosis.py --models BaselineCNN --dropout legacy --train-per-class 50 --json report.json
+    python quick_diagnosis.py --models BaselineCNN --dropout legacy --headroom   # what slows a model that learns
     python quick_diagnosis.py --model examples/softmax_head.py:SoftmaxHeadCNN --data-dir /tmp/tin
     python quick_diagnosis.py --model my_net.py:build --data my_data.py:get_splits   # your model and data
     %run quick_diagnosis.py --models BaselineCNN               # in Jupyter (repo root)
@@ -79,6 +80,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-control", dest="control", action="store_false",
                    help="skip the reruns with the top causes removed")
     p.add_argument("--max-controls", type=int, default=2, help="control runs at most per model")
+    p.add_argument("--headroom", dest="headroom", action="store_const", const=True, default=None,
+                   help="for a run that learns, screen the changes that could make it learn faster (default: only "
+                        "for a 200-class full-split run below the seed's bar)")
+    p.add_argument("--no-headroom", dest="headroom", action="store_const", const=False, help="never run the screen")
+    p.add_argument("--headroom-budget", type=int, default=DiagnosisConfig.headroom_budget,
+                   help="headroom: full control runs at most, after a short screen of each change "
+                        f"(default {DiagnosisConfig.headroom_budget})")
     p.add_argument("--preflight-only", action="store_true", help="stop before training")
     p.add_argument("--out", default=None, help="folder for plots (default: none)")
     p.add_argument("--json", default=None, help="write the report as JSON here")
@@ -154,6 +162,8 @@ def main(argv=None) -> dict:
     opts = vars(args).copy()
     out, json_path, strict = opts.pop("out"), opts.pop("json"), opts.pop("strict")
     user_models, data_spec, loss_spec, opt_spec = opts.pop("model"), opts.pop("data"), opts.pop("loss"), opts.pop("optimizer")
+    if args.headroom_budget < 0:
+        raise ValueError(f"--headroom-budget {args.headroom_budget}: give 0 or more full control runs")
     registry = opts.pop("models") or ([] if user_models else list(MODELS))
     from tinyimagenet.diagnosis.user_data import parse_keys
 

@@ -72,3 +72,9 @@ def test_train_invalid_option_value_exits_2(tmp_path):
     # A ValueError from the config's validation: same one-line form and code as argparse's errors.
     proc = _run("train", ["--epochs", "0"], tmp_path)
     _assert_one_line_error(proc, "epochs")
+
+
+def test_diagnosis_negative_headroom_budget_exits_2(tmp_path):
+    # Checked before any data is looked for: the one line names the option and what to give.
+    proc = _run("quick_diagnosis", ["--headroom-budget", "-1"], tmp_path)
+    _assert_one_line_error(proc, "--headroom-budget -1", "0 or more")

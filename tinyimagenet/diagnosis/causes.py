@@ -5,10 +5,12 @@
 
 Each `Cause` entry says what kind of fault it is, what measures it, which rule turns the
 measurements into evidence (`judge`), which one-change fixed-batch experiments test it (`fits`),
-which change its control run applies (`control`), what to do about it (`suggestion`), and for a
-symptom, the root causes that produce it. verdict.py, run.py, report.py and the README read ids,
-rules, changes and suggestions from here only: adding a cause is one entry below (its functions
-in rules.py) plus its README row, which tests/test_causes_table.py checks against this table.
+which change its control run applies (`control`), what to do about it (`suggestion`), for a
+symptom the root causes that produce it, and which changes the headroom screen tries for a run
+that learns (`screen`: mostly the control's own change, when it applies). verdict.py, run.py,
+headroom.py, report.py and the README read ids, rules, changes and suggestions from here only:
+adding a cause is one entry below (its functions in rules.py) plus its README row, which
+tests/test_causes_table.py checks against this table.
 
 Table order matters twice: it is the order the fit experiments run in (lr up before lr down,
 which reads the up-sweep), and the last tie-break of the ranking. Symptoms are judged before
@@ -41,10 +43,15 @@ class Cause:
     fits: Callable | None = None         # rules.FitPlan -> [FitRun]: its one-change fits, run when the base fit fails
     control: Callable | None = None      # Evidence -> Change | None: the fix its control run applies
     roots: tuple = ()                    # symptom: the root causes that produce it, upstream first
+    screen: Callable | None = None       # rules.ScreenPlan -> [Change]: what the headroom screen tries (headroom.py)
 
     @property
     def is_root(self) -> bool:
         return self.kind != "symptom"
+
+    def screen_changes(self, ev, shuffled: bool) -> list:
+        """The headroom screen's candidates for this cause on a run that learns (most: its control's change)."""
+        return self.screen(R.ScreenPlan(ev, shuffled, self.control)) if self.screen is not None else []
 
 
 CAUSES: tuple[Cause, ...] = (
@@ -100,36 +107,39 @@ CAUSES: tuple[Cause, ...] = (
           "lr x10.. fits or removes >= 25% of ln C more loss; or a stalled fit whose loss falls at every x10 "
           "(dose-response); control at the best lr",
           "Raise the learning rate{lr} (for Adam, 5e-4 is the seed's next step).",
-          R.judge_lr_low, fits=R.fit_lr_up, control=R.control_raise_lr),
+          R.judge_lr_low, fits=R.fit_lr_up, control=R.control_raise_lr, screen=R.screen_lr(T.HEADROOM_LR_UP)),
     Cause("learning_rate_too_high", "root",
           "base fit diverges or the run's loss turns non-finite; or units dead / outputs collapsed after "
           "training from a sound init", "lr /10.. fits or removes the margin; control at the best lr (else /100)",
           "Lower the learning rate{lr}, and warm it up over the first epochs.",
-          R.judge_lr_high, fits=R.fit_lr_down, control=R.control_lower_lr_or_fallback),
+          R.judge_lr_high, fits=R.fit_lr_down, control=R.control_lower_lr_or_fallback,
+          screen=R.screen_lr(T.HEADROOM_LR_DOWN)),
     Cause("dropout_too_strong", "root",
           "every dropout call and its rate (no cause from a rate or a layer name)",
           "all dropout off (module and functional)",
           "Remove dropout from conv stages and blocks; keep one Dropout(0.2-0.3) in the classifier, or none.",
           R.judge_dropout, fits=R.one_change("no_dropout", lambda p: bool(p.checks["dropout_sites"].data["sites"]),
                                              no_dropout=True),
-          control=R.control_of(no_dropout=True)),
+          control=R.control_of(no_dropout=True), screen=R.screen_control("no_dropout", R.has_dropout)),
     Cause("weight_decay_too_strong", "root", "largest weight decay in the optimizer", "weight decay 0",
           "Lower the weight decay (5e-4 for SGD; AdamW 0.05 or less).",
           R.judge_weight_decay, fits=R.one_change("no_weight_decay", lambda p: p.checks["weight_decay"].data["max"] > 0,
                                                   weight_decay_zero=True),
-          control=R.control_of(weight_decay_zero=True)),
+          control=R.control_of(weight_decay_zero=True),
+          screen=R.screen_control("no_weight_decay", R.has_weight_decay)),
     Cause("input_not_normalized", "root", "per-channel mean/std of the actual batches",
           "inputs standardized with the measured mean/std",
           "Standardize inputs per channel (ToTensor() then Normalize(mean, std)).",
-          R.judge_input, fits=R.fit_standardized, control=R.control_standardize),
+          R.judge_input, fits=R.fit_standardized, control=R.control_standardize,
+          screen=R.screen_control("standardized", R.inputs_off)),
     Cause("frozen_parameters", "root", "parameters unchanged after the fit, and why",
           "every parameter trainable (`requires_grad` / optimizer); a `detach` is reported, not fixable from outside",
           "Give every parameter to the optimizer with requires_grad=True, and remove the detach().",
           R.judge_frozen, fits=R.one_change("unfreeze", lambda p: R.movable_frozen(p.base), unfreeze=True),
-          control=R.control_unfreeze),
+          control=R.control_unfreeze, screen=R.screen_control("unfreeze", R.frees_parameters)),
     Cause("batches_not_shuffled", "root", "label entropy within batches < 50% of shuffled batches'", "batches shuffled",
           "Shuffle the training batches (DataLoader(..., shuffle=True)).",
-          R.judge_unshuffled, control=R.control_of(shuffle=True)),
+          R.judge_unshuffled, control=R.control_of(shuffle=True), screen=R.screen_control("shuffle", R.not_shuffled)),
     # --------------- faults of the user's own training loop: measured only by the watcher
     # (python -m tinyimagenet.watch SCRIPT.py; rules in tinyimagenet/watch/rules.py, which ranks them)
     Cause("gradients_not_zeroed", "loop",

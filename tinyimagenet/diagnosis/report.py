@@ -5,16 +5,22 @@ JSON shape (accuracies in percent, causes ranked, empty when nothing was found):
      "epochs": [{"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "probe_acc"}],
      "verdict": "PASS|FAIL|INCONCLUSIVE", "passed": bool, "learning": "learning|stuck|undecided|diverged|not trained",
      "causes": [{"id", "score", "evidence": [...], "where": [...]}], "suggestions": [...],
+     "slows": [{"id", "change", "gain", "ci": [low, high], "p_value", "base_correct", "correct", "n", "text"}],
+     "headroom": {"ran": bool, "why": str, "screen": [...], "cost_s": float},
      "fit": [...], "gradient_flow": [...], "seconds": float,
      "controls": [{"cause", "change", "val_acc", "confirmed", "test", "epochs", "nonfinite"}],
      "data": {"train_images", "val_images"}}}}   (user data: the images the diagnosis read, probe included in train)
 "config" says what was run: the recipe's optimizer, lr and schedule (or the user's optimizer as
 built), batch size, "normalize"/"augment" (the repo's images only; a user's arrive "as given").
+"slows" are the headroom screen's findings (headroom.py): not causes, the verdict is unchanged.
 For a model given by file, the name is the class or factory name.
 """
 from __future__ import annotations
 
 import math
+
+from .headroom import verdict_suffix
+from .stats import ALPHA
 
 
 def to_json(report: dict) -> dict:
@@ -31,8 +37,14 @@ def to_json(report: dict) -> dict:
 
 
 def format_model(name: str, m: dict) -> list[str]:
-    lines = [f"{name}: {m['verdict']} ({m['learning']}; {m['seconds']:.0f} s)"]
+    slows = m.get("slows") or []
+    lines = [f"{name}: {m['verdict']} ({m['learning']}{verdict_suffix(slows)}; {m['seconds']:.0f} s)"]
     lines += [f"  - {r}" for r in m["reasons"]]
+    if (m.get("headroom") or {}).get("ran"):  # findings are not faults: what a one-change rerun bought
+        lines.append(f"  headroom screen ({m['headroom']['why']}): " + (
+            f"{len(slows)} change(s) raised val top-1 significantly (one-sided Fisher p < {ALPHA:g}); "
+            "not faults, the verdict is unchanged" if slows else "no change raised val top-1 significantly"))
+        lines += [f"  slows learning {rank}: {f['text']}" for rank, f in enumerate(slows, 1)]
     for c in m["checks"]:
         if c["status"] in ("warn", "fail", "note"):  # notes: how the user's data and model were read
             lines.append(f"  [{c['status']:4}] {c['name']}: {c['detail']}")
@@ -58,7 +70,7 @@ def format_report(report: dict) -> str:
     for name, m in report["models"].items():
         cfg = m["config"]
         accs = " ".join(f"{e['val_acc']:.2f}" for e in m["epochs"]) or "-"
-        top = m["causes"][0]["id"] if m["causes"] else "-"
+        top = m["causes"][0]["id"] if m["causes"] else (f"slowed by {m['slows'][0]['id']}" if m.get("slows") else "-")
         recipe = "own optimizer" if cfg.get("own_optimizer") else f"{cfg['recipe']} lr={cfg['lr']:g}"
         rows.append((name, cfg.get("dropout", "as given"), recipe, accs,
                      m["verdict"], m["learning"], top))

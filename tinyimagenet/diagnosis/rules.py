@@ -4,12 +4,14 @@ fixed-batch experiments and its control's change.
     judge(ctx)      adds this cause's evidence to `ctx` (a `Judging`), or nothing
     fits(plan)      runs this cause's one-change fits of the fixed batch (a `FitPlan`), returns the FitRuns
     control(ev)     the Change that removes the cause from outside the user's code, or None
+    screen(plan)    the Changes the headroom screen tries for it on a run that learns (a `ScreenPlan`)
 
 Nothing here decides the order, the tiers after controls or the verdict: verdict.py does that for
 every cause alike. Thresholds come from thresholds.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -424,3 +426,45 @@ def control_lower_lr(ev):
 
 def control_lower_lr_or_fallback(ev):  # no fit to go by (the batch fit as given): two decades down
     return control_lower_lr(ev) or Change("control", lr_factor=T.CONTROL_LR_FALLBACK)
+
+
+# ------------------------------------------------ the headroom screen's candidates per cause (headroom.py)
+@dataclass
+class ScreenPlan:
+    """What a cause's headroom candidates read, on a run that learns and has no reported cause."""
+    ev: object                          # verdict.Evidence: checks, base fit, fits
+    shuffled: bool                      # the training batches are shuffled as given
+    control: Callable | None            # the cause's control (Evidence -> Change | None), from the table
+
+
+def screen_control(name: str, applies: Callable[[ScreenPlan], bool]) -> Callable[[ScreenPlan], list]:
+    """The cause's own control change, named `name` (a fit of that name is reused), when it applies."""
+    def changes(plan: ScreenPlan) -> list:
+        change = plan.control(plan.ev) if plan.control is not None and applies(plan) else None
+        return [dataclasses.replace(change, name=name)] if change is not None else []
+    return changes
+
+
+def screen_lr(factors: tuple) -> Callable[[ScreenPlan], list]:
+    """lr times each factor: a run that learns has no lr fits to pick the control's lr from."""
+    return lambda plan: [Change(f"lr_x{f:g}" if f > 1 else f"lr_div{1 / f:g}", lr_factor=f) for f in factors]
+
+
+def has_dropout(plan: ScreenPlan) -> bool:
+    return bool(plan.ev.checks["dropout_sites"].data["sites"])
+
+
+def has_weight_decay(plan: ScreenPlan) -> bool:
+    return plan.ev.checks["weight_decay"].data["max"] > 0
+
+
+def inputs_off(plan: ScreenPlan) -> bool:
+    return bool(plan.ev.checks["input_stats"].data["off"])
+
+
+def frees_parameters(plan: ScreenPlan) -> bool:
+    return plan.ev.base is not None and movable_frozen(plan.ev.base)
+
+
+def not_shuffled(plan: ScreenPlan) -> bool:
+    return not plan.shuffled

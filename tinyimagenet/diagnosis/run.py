@@ -24,6 +24,8 @@ Per model, in phases (one function each, in this order):
 - `_extend`: before an INCONCLUSIVE verdict, a control that trends right (higher accuracy or lower
   val loss, not significant) gets `extend_epochs` more epochs on both arms within
   `extend_budget_s`, the cost printed first;
+- `_headroom`: for a run that learns with no reported cause, on request or below the seed's bar,
+  the headroom screen (headroom.py): which one change makes it learn more ("slows learning");
 - `_finish`: the verdict (verdict.decide) and the report entry (JSON shape in report.py).
 The user's objects are never mutated and the global RNG state is restored (CPU, and CUDA on the
 device used only). Bad input (data, model output, loss, options) raises errors.UserInputError.
@@ -42,7 +44,7 @@ import torch
 from ..loaders import Data, load_data
 from ..registry import MODELS, build_model
 from ..runtime import pick_device, preserved_rng
-from . import contract, measure, user_data
+from . import contract, headroom, measure, user_data
 from . import thresholds as T
 from .causes import CAUSES, by_id
 from .errors import UserInputError
@@ -81,6 +83,9 @@ class DiagnosisConfig:
     max_controls: int = 2                 # control runs at most per model (each costs one training run)
     extend_epochs: int = T.EXTEND_EPOCHS  # a control trending right but not significant: both arms get this many more
     extend_budget_s: float = T.EXTEND_BUDGET_S  # ... when the estimated cost fits this many seconds (0: never extend)
+    headroom: bool | None = None          # headroom screen of a run that learns; None: only below the seed's bar
+    headroom_budget: int = T.HEADROOM_BUDGET  # headroom: full control runs at most (after short screens)
+    headroom_screen_epochs: int = T.HEADROOM_SCREEN_EPOCHS  # headroom: epochs of each change's screen run
     preflight_only: bool = False          # stop before training
     progress: bool = True                 # print the plan and per-epoch lines
     keys: tuple | None = None             # user data: (image key, label key) of dict samples, or tuple positions
@@ -113,6 +118,9 @@ class _State:
     y: torch.Tensor | None = None
     seconds_per_step: float = 0.0         # measured on the base fit: the cost estimate
     seconds_per_epoch: float = 0.0        # measured on the base run: the extension's cost estimate
+    run_seconds: float = 0.0              # the short run as given, timed: the headroom screen's cost estimate
+    headroom: dict = field(default_factory=lambda: {"ran": False, "why": "not trained"})  # the screen's rows
+    slows: list = field(default_factory=list)  # the screen's findings (headroom.Slowdown), best first
 
 
 def diagnose(model, train=None, val=None, loss_fn=None, optimizer=None, *, num_classes: int | None = None,
@@ -143,6 +151,7 @@ def diagnose(model, train=None, val=None, loss_fn=None, optimizer=None, *, num_c
         if cfg.control:
             _controls(st)
             _extend(st)
+        _headroom(st)
         return _finish(st)
 
 
@@ -248,10 +257,7 @@ def _preflight(st: _State) -> None:
 def _fits(st: _State) -> None:
     """The fixed batch as given; when it does not fit, each cause's one-change fits, in table order."""
     ev, cfg = st.ev, st.cfg
-
-    def fit(change: Change):
-        return fit_batch(st.subject, change, st.x, st.y, steps=cfg.fit_steps, device=st.device,
-                         num_classes=st.subject.num_classes)
+    fit = functools.partial(_fit, st)
     t = time.perf_counter()
     ev.base = fit(Change("base"))
     st.seconds_per_step = (time.perf_counter() - t) / max(1, len(ev.base.losses))
@@ -263,7 +269,14 @@ def _fits(st: _State) -> None:
         ev.status = "not trained"
 
 
+def _fit(st: _State, change: Change):
+    """The fixed batch fitted with one change (the same weights and batch each time)."""
+    return fit_batch(st.subject, change, st.x, st.y, steps=st.cfg.fit_steps, device=st.device,
+                     num_classes=st.subject.num_classes)
+
+
 def _train(st: _State, change: Change, epochs: int | None = None):
+    """The short run with one change, `cfg.epochs` long unless told (the headroom screen's runs)."""
     sched = st.recipe.make_scheduler if st.recipe is not None else None
     return train_short(st.subject, change, epochs=epochs or st.cfg.epochs, device=st.device,
                        amp=st.cfg.amp and st.device.type == "cuda", schedule=sched)
@@ -277,7 +290,8 @@ def _short_run(st: _State) -> None:
               f"(batch {s.batch_size}), and as much again per control run")
     t = time.perf_counter()
     ev.run = _train(st, Change("base"))
-    st.seconds_per_epoch = (time.perf_counter() - t) / max(1, len(ev.run.history) or cfg.epochs)
+    st.run_seconds = time.perf_counter() - t
+    st.seconds_per_epoch = st.run_seconds / max(1, len(ev.run.history) or cfg.epochs)
     _judge_run(st)
 
 
@@ -367,6 +381,22 @@ def _extend(st: _State) -> None:
     ev.reasons.append(f"extended: {text}")
 
 
+def _headroom(st: _State) -> None:
+    """The headroom screen (headroom.py) of a run that learns and has no reported cause."""
+    s, ev, cfg = st.subject, st.ev, st.cfg
+    reported = bool(decide(ev, rank_causes(ev)).causes)
+    on, why = headroom.wanted(cfg.headroom, ev.status, ev.run.history, s.num_classes, ev.full_data, reported)
+    st.headroom = {"ran": on, "why": why}
+    if not on:
+        return
+    hr = headroom.screen(s, ev, fit=functools.partial(_fit, st), run=functools.partial(_train, st),
+                         epochs=cfg.epochs, epoch_seconds=st.run_seconds / max(1, len(ev.run.history)),
+                         screen_epochs=cfg.headroom_screen_epochs,
+                         budget=cfg.headroom_budget, log=lambda text: _log(cfg, text))
+    st.slows = [f.to_json() for f in hr["findings"]]
+    st.headroom.update(screen=hr["screen"], cost_s=hr["cost_s"])
+
+
 def _finish(st: _State) -> dict:
     result = _report(st.ev, st.config, [st.ev.base.to_json()] + [r.to_json() for r in st.ev.fits]
                      if st.ev.base is not None else [], time.perf_counter() - st.t0)
@@ -374,6 +404,7 @@ def _finish(st: _State) -> dict:
     if st.subject is not None:  # the images as read (a user's DataLoader, sampler or IterableDataset decides)
         s = st.subject
         result["data"] = {"train_images": len(s.train_y) + len(s.probe_y), "val_images": len(s.val_y)}
+    result["slows"], result["headroom"] = st.slows, st.headroom
     return result
 
 

@@ -86,6 +86,7 @@ class Subject:
     val_y: torch.Tensor
     batch_size: int                             # training batch size
     loaders: Callable                           # (shuffle: bool|None) -> (train, probe, val) batch sources
+    shuffled: bool = True                       # the training batches come shuffled as given (the headroom screen)
     root: str = ""                              # the repo dataset's folder (label-file checks), if any
     val_files: list = dataclasses.field(default_factory=list)
     classes: list = dataclasses.field(default_factory=list)

@@ -83,3 +83,15 @@ RUN_DIVERGED = 10.0      # a run whose loss window exceeds this x ln C has diver
 # ------------------------------------------------------------------ extension before INCONCLUSIVE
 EXTEND_EPOCHS = 1        # a control that trends right but is not significant: both arms get this many more epochs
 EXTEND_BUDGET_S = 600.0  # default budget (s) for that extension; DiagnosisConfig.extend_budget_s overrides
+# ---------------------------------------------------------------- headroom screen (headroom.py)
+# The seed report's own bar for a 200-class model on the full train split: val top-1 above these
+# percentages after these epochs. A run at or under it gets the screen by default.
+SEED_BAR = {1: 1.0, 5: 5.0, 10: 10.0}
+SEED_BAR_CLASSES = 200
+HEADROOM_BUDGET = 2      # full control runs at most: each costs one training run (the CLI's default)
+HEADROOM_SCREEN_EPOCHS = 1  # epochs of each surviving change's screen run, ranked against the base run there
+HEADROOM_LR_UP = (10.0,)        # lr factors screened for learning_rate_too_low: one decade up ...
+HEADROOM_LR_DOWN = (0.1, 0.01)  # ... and for learning_rate_too_high two down (an lr 100x too high needs /100)
+# Neither fixed-batch fit fits: the change's fit is "worse" only when it ends higher by this share of
+# the initial loss (nearly equal fits are a tie, not a reason to drop the change unscreened).
+HEADROOM_FIT_TOLERANCE = 0.02
