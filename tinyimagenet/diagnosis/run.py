@@ -35,10 +35,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..loaders import Data, load_data
@@ -138,6 +140,11 @@ def diagnose(model, train=None, val=None, loss_fn=None, optimizer=None, *, num_c
     t0 = time.perf_counter()
     device = pick_device(cfg.device)  # decided once; everything below gets it passed
     with preserved_rng(device):  # CUDA's RNG of this device only: no other GPU is woken up
+        # A user's shuffling DataLoader (and any random transform) draws from the global RNGs when it is
+        # read: seed them, so the same seed gives the same run (CPU generator only: no GPU is touched).
+        torch.default_generator.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
         st = _inputs(model, train, val, loss_fn, optimizer, num_classes, cfg, data, name, device, t0)
         if st.subject is None:  # unusable labels: reported before any training, nothing else can be trusted
             return _finish(st)

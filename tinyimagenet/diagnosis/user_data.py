@@ -302,7 +302,8 @@ def user_data_subject(train, val, num_classes, *, probe_per_class, batch_size, s
         return (TensorBatches(tx, ty, bs, shuffle=shuffled if shuffle is None else shuffle, device=device, seed=seed),
                 TensorBatches(px, py, 256, shuffle=False, device=device, drop_single=False),
                 TensorBatches(vx, vy, 256, shuffle=False, device=device, drop_single=False))
-    fields = dict(train_images=tx, train_y=ty, probe_y=py, val_images=vx, val_y=vy, batch_size=bs, loaders=loaders)
+    fields = dict(train_images=tx, train_y=ty, probe_y=py, val_images=vx, val_y=vy, batch_size=bs, loaders=loaders,
+                  shuffled=shuffled)
     return fields, checks
 
 
