@@ -9,8 +9,9 @@ which change its control run applies (`control`), what to do about it (`suggesti
 symptom the root causes that produce it, and which changes the headroom screen tries for a run
 that learns (`screen`: mostly the control's own change, when it applies). verdict.py, run.py,
 headroom.py, report.py and the README read ids, rules, changes and suggestions from here only:
-adding a cause is one entry below (its functions in rules.py) plus its README row, which
-tests/test_causes_table.py checks against this table.
+adding a cause is one entry below (its functions in rules.py, symptom_rules.py for a symptom,
+screens.py for its headroom candidates; all read here through rules.py) plus its README row,
+which tests/test_causes_table.py checks against this table.
 
 Table order matters twice: it is the order the fit experiments run in (lr up before lr down,
 which reads the up-sweep), and the last tie-break of the ranking. Symptoms are judged before

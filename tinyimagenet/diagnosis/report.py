@@ -1,4 +1,5 @@
-"""The diagnosis report as text (terminal and notebook) and as strict JSON.
+"""The diagnosis report: one model's entry built from its evidence (report_entry, where the verdict
+is decided), as text (terminal and notebook) and as strict JSON.
 
 JSON shape (accuracies in percent, causes ranked, empty when nothing was found):
     {"dataset": {...}, "models": {"BaselineCNN": {"config": {...}, "checks": [{"name", "status", "detail"}],
@@ -17,10 +18,12 @@ For a model given by file, the name is the class or factory name.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from .headroom import verdict_suffix
 from .stats import ALPHA
+from .verdict import Evidence, decide, rank_causes, suggestions_for
 
 
 def to_json(report: dict) -> dict:
@@ -34,6 +37,32 @@ def to_json(report: dict) -> dict:
             return [clean(x) for x in v]
         return v
     return clean(report)
+
+
+def report_entry(ev: Evidence, config: dict, fit: list, seconds: float) -> dict:
+    """The report entry (shape: report.py) from the evidence; the verdict is decided here, once."""
+    found = rank_causes(ev)
+    v = decide(ev, found)
+    run = ev.run
+    last = run.grad_rows[-1]["step"] if run is not None and run.grad_rows else None
+    return dict(
+        config=config, checks=[c.to_json() for c in ev.checks.values()], fit=fit,
+        learning=ev.status, verdict=v.verdict, passed=v.verdict == "PASS", reasons=ev.reasons,
+        epochs=[{k: row[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "probe_acc")}
+                for row in (run.history if run else [])],
+        gradient_flow=[r for r in run.grad_rows if r["step"] == last] if last is not None else [],
+        significance={"val": dataclasses.asdict(ev.val_test) if ev.val_test else None,
+                      "probe": dataclasses.asdict(ev.probe_test) if ev.probe_test else None,
+                      "probe_vs_val": dataclasses.asdict(ev.gap_test) if ev.gap_test else None},
+        causes=[c.to_json() for c in v.causes], suggestions=suggestions_for(v.causes, ev),
+        controls=[{"cause": c.cause, "change": c.change.describe(), "val_acc": c.acc, "confirmed": c.confirms,
+                   "confirmed_by": c.criterion, "extended": c.extended,
+                   "test": dataclasses.asdict(c.test),
+                   "epochs": [{k: r[k] for k in ("epoch", "train_loss", "val_acc")} for r in c.result.history],
+                   "nonfinite": list(c.result.nonfinite) if c.result.nonfinite else None}
+                  for c in ev.controls],
+        nonfinite=list(run.nonfinite) if run and run.nonfinite else None,
+        seconds=seconds)
 
 
 def format_model(name: str, m: dict) -> list[str]:

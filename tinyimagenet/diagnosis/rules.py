@@ -6,93 +6,27 @@ fixed-batch experiments and its control's change.
     control(ev)     the Change that removes the cause from outside the user's code, or None
     screen(plan)    the Changes the headroom screen tries for it on a run that learns (a `ScreenPlan`)
 
+Defined here: the judges of decisive measurements and of causes from fit experiments, the fit
+experiments and the controls. Re-exported from the modules below this one, so every name the
+table uses is read from here: judging.py (Judging, Finding, FitPlan, the tiers), symptom_rules.py
+(the symptoms read from the failing run) and screens.py (the headroom screen's candidates).
 Nothing here decides the order, the tiers after controls or the verdict: verdict.py does that for
 every cause alike. Thresholds come from thresholds.py.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass, field
 from typing import Callable
 
 from . import thresholds as T
-from .experiments import Change, FitRun
+from .experiments import Change
+from .judging import (CANDIDATE, CONFIRMED, DECISIVE, SYMPTOM, Finding, FitPlan, Judging,  # noqa: F401 (re-exported)
+                      fit_gain, movable_frozen)
+from .screens import (ScreenPlan, frees_parameters, has_dropout, has_weight_decay, inputs_off,  # noqa: F401
+                      not_shuffled, screen_control, screen_lr)
 from .stats import score as evidence_score
-
-DECISIVE, CONFIRMED, CANDIDATE, SYMPTOM = 0, 1, 2, 3  # tiers, ranked in this order
-
-
-@dataclass
-class Finding:
-    """One cause with its evidence, as the verdict ranks and reports it."""
-    id: str
-    score: float
-    evidence: list
-    tier: int = CANDIDATE               # DECISIVE, CONFIRMED (by a control), CANDIDATE or SYMPTOM
-    where: list = field(default_factory=list)   # modules or file:line the evidence points at
-    refuted: bool = False               # its control ran and made nothing better: not reported
-    tentative: bool | None = None       # True: fit evidence alone on an undecided run; reported only once confirmed
-
-    def to_json(self) -> dict:
-        return {"id": self.id, "score": round(self.score, 3), "evidence": self.evidence, "where": self.where}
-
-
-def fit_gain(base: FitRun, run: FitRun, ln_c: float) -> float:
-    """Loss removed by the change beyond the base fit, as a fraction of ln C (diverged = 2 ln C)."""
-    def end(r):
-        return 2 * ln_c if (r.nonfinite or not r.losses) else min(r.final, 2 * ln_c)
-    return (end(base) - end(run)) / ln_c
-
-
-class Judging:
-    """What a judge reads (the evidence) and writes (findings), for one model."""
-
-    def __init__(self, ev):
-        self.ev, self.found = ev, {}
-        self.ln_c = math.log(ev.num_classes)
-        self.failing = ev.status not in ("learning", "not trained")
-        base = self.base = ev.base
-        self.stalled = bool(base is not None and base.losses and base.initial > 0
-                            and (1 - base.final / base.initial) < T.STALLED)
-        self.strong_run = ev.status in ("stuck", "diverged") or self.stalled
-        self.fits = {r.name: r for r in ev.fits}
-        # experiments only count when the run fails: a model that learns passes whatever a fit liked
-        self.experiments = self.failing and base is not None
-
-    def check(self, name):
-        return self.ev.checks.get(name)
-
-    def add(self, cid, score, tier, *evidence, where=()):
-        c = self.found.setdefault(cid, Finding(cid, 0.0, [], tier))
-        c.score, c.tier = max(c.score, score), min(c.tier, tier)
-        c.evidence += [e for e in evidence if e not in c.evidence]
-        c.where += [w for w in where if w not in c.where]
-        return c
-
-    def fit_evidence(self, cid, runs, extra=(), where=(), dose_response=False) -> float:
-        """A candidate from one-change fits: firm past FIT_MARGIN on a stuck run, else tentative
-        (a control must confirm it); gains under MIN_GAIN are no evidence at all."""
-        base = self.base
-        gain = max((fit_gain(base, r, self.ln_c) for r in runs), default=0.0)
-        dose = dose_response and self.stalled and gain > 0
-        if base.fitted or (gain < T.MIN_GAIN and not dose):
-            return 0.0
-        text = [f"fixed batch: {base.describe()}"] + [f"one change: {r.describe()}" for r in runs] + list(extra)
-        c = self.add(cid, min(1.0, gain), CANDIDATE, *text, where=where)
-        firm = self.strong_run and (gain >= T.FIT_MARGIN or dose)
-        c.tentative = False if firm else c.tentative is not False
-        return gain
-
-
-@dataclass
-class FitPlan:
-    """What a cause's fit experiments read: the measurements, the base fit, the runs so far."""
-    fit: Callable[[Change], FitRun]     # one fixed-batch fit with this change
-    checks: dict                        # name -> measure.Check
-    base: FitRun                        # the fit as given (it did not fit)
-    runs: list                          # FitRuns of the causes before this one in the table
-
+from .symptom_rules import (gradient_steps, judge_collapsed, judge_dead, judge_exploding,  # noqa: F401
+                            judge_non_finite, judge_vanishing)
 
 # ------------------------------------------------------------------- decisive measurements
 def judge_bad_labels(j: Judging) -> None:
@@ -256,94 +190,6 @@ def judge_frozen(j: Judging) -> None:
         c.tentative = False
 
 
-# ----------------------------------------------------------------- symptoms, from the failing run
-def judge_non_finite(j: Judging) -> None:
-    run = j.ev.run
-    if j.experiments and run is not None and run.nonfinite:
-        e, s, v = run.nonfinite
-        j.add("non_finite_loss", 1.0, SYMPTOM, f"training loss became {v} at epoch {e}, step {s}")
-
-
-def judge_collapsed(j: Judging) -> None:
-    run = j.ev.run
-    if j.experiments and run is not None and run.history and run.input_dependence < T.COLLAPSED:
-        j.add("collapsed_outputs", 1.0, SYMPTOM, f"{run.input_dependence:.1e} of the logits' variation comes from "
-              "the input (std across val images vs across classes): the outputs ignore the input")
-
-
-def judge_dead(j: Judging) -> None:
-    run = j.ev.run
-    if j.experiments and run is not None and run.dead:
-        site, frac = max(run.dead.items(), key=lambda kv: kv[1])
-        if frac >= T.DEAD_SHARE:
-            j.add("dead_units", frac, SYMPTOM, f"{100 * frac:.0f}% of the units at {site} never active on a batch "
-                  "after training", where=[site])
-
-
-def gradient_steps(run) -> list[dict]:
-    """Per sampled step (step 0, before any update, left out): its largest gradient/weight ratio,
-    whether every gradient is finite, and the smallest/largest positive layer gradient norm.
-
-    A step is "exploding" when its ratio exceeds EXPLODING; the vanishing rule reads only the other
-    steps, so the two symptoms are never drawn from the same steps (a huge largest norm made the
-    min/max spread tiny, and an exactly-zero gradient - a dead or unused layer - read as 0.0).
-    """
-    by_step: dict[int, list] = {}
-    for r in run.grad_rows:
-        by_step.setdefault(r["step"], []).append(r)
-    out = []
-    for step, rows in sorted(by_step.items()):
-        if step == 0:
-            continue
-        g = [r["grad_norm"] for r in rows]
-        ratios = [r["grad_norm"] / (r["weight_norm"] + 1e-12) for r in rows if math.isfinite(r["grad_norm"])]
-        live = [v for v in g if math.isfinite(v) and v > 0]
-        top = max(ratios, default=0.0)
-        out.append({"step": step, "ratio": top, "finite": all(math.isfinite(v) for v in g),
-                    "exploding": top > T.EXPLODING,
-                    "spread": min(live) / max(live) if len(live) > 1 else None})
-    return out
-
-
-def _backed(k: int) -> float:
-    """How far k observations back a symptom: 1 from GRAD_MIN_STEPS on, less below."""
-    return min(1.0, k / T.GRAD_MIN_STEPS)
-
-
-def _sampled(run, n: int) -> str:
-    return f"{n} sampled steps (every {run.grad_every or T.GRAD_EVERY} steps; a rule needs >= {T.GRAD_MIN_STEPS})"
-
-
-def judge_vanishing(j: Judging) -> None:
-    run = j.ev.run
-    if not (j.experiments and run is not None and run.grad_rows):
-        return
-    spreads = sorted(s["spread"] for s in gradient_steps(run) if not s["exploding"] and s["spread"] is not None)
-    if len(spreads) < T.GRAD_MIN_STEPS:
-        return
-    median = spreads[len(spreads) // 2]
-    if median < T.VANISHING:
-        k = sum(v < T.VANISHING for v in spreads)
-        j.add("vanishing_gradients", min(1.0, -math.log10(median + 1e-30) / 10) * _backed(k), SYMPTOM,
-              f"median over {_sampled(run, len(spreads))} without exploding gradients of smallest/largest "
-              f"positive layer gradient norm: {median:.1e}; {k} of them below {T.VANISHING:g}")
-
-
-def judge_exploding(j: Judging) -> None:
-    run = j.ev.run
-    if not (j.experiments and run is not None and run.grad_rows):
-        return
-    steps = gradient_steps(run)
-    hot = [s for s in steps if s["exploding"]]
-    if len(steps) < T.GRAD_MIN_STEPS or not hot:  # non-finite gradients alone are the non-finite loss's business
-        return
-    top = max(s["ratio"] for s in hot)
-    finite = all(s["finite"] for s in steps)
-    j.add("exploding_gradients", min(1.0, math.log10(top) / 3) * _backed(len(hot)), SYMPTOM,
-          f"gradient/weight norm ratio above {T.EXPLODING:g} at {len(hot)} of {_sampled(run, len(steps))}; "
-          f"largest {top:.2e}" + ("" if finite else "; some gradients non-finite"))
-
-
 # ------------------------------------------------------------- fixed-batch experiments per cause
 def one_change(name: str, applies: Callable[[FitPlan], bool], **change) -> Callable[[FitPlan], list]:
     """A fit experiment of a single Change, run when `applies(plan)`."""
@@ -390,11 +236,6 @@ def fit_lr_down(plan: FitPlan) -> list:
     return runs
 
 
-def movable_frozen(base: FitRun) -> bool:
-    """Frozen parameters a change from outside can free (a detach in the forward cannot be)."""
-    return any(w in ("requires_grad=False", "not in the optimizer") for w in base.frozen.values())
-
-
 # ------------------------------------------------------------------- the control's change per cause
 def control_of(**change) -> Callable:
     """A control that always applies this one change."""
@@ -426,45 +267,3 @@ def control_lower_lr(ev):
 
 def control_lower_lr_or_fallback(ev):  # no fit to go by (the batch fit as given): two decades down
     return control_lower_lr(ev) or Change("control", lr_factor=T.CONTROL_LR_FALLBACK)
-
-
-# ------------------------------------------------ the headroom screen's candidates per cause (headroom.py)
-@dataclass
-class ScreenPlan:
-    """What a cause's headroom candidates read, on a run that learns and has no reported cause."""
-    ev: object                          # verdict.Evidence: checks, base fit, fits
-    shuffled: bool                      # the training batches are shuffled as given
-    control: Callable | None            # the cause's control (Evidence -> Change | None), from the table
-
-
-def screen_control(name: str, applies: Callable[[ScreenPlan], bool]) -> Callable[[ScreenPlan], list]:
-    """The cause's own control change, named `name` (a fit of that name is reused), when it applies."""
-    def changes(plan: ScreenPlan) -> list:
-        change = plan.control(plan.ev) if plan.control is not None and applies(plan) else None
-        return [dataclasses.replace(change, name=name)] if change is not None else []
-    return changes
-
-
-def screen_lr(factors: tuple) -> Callable[[ScreenPlan], list]:
-    """lr times each factor: a run that learns has no lr fits to pick the control's lr from."""
-    return lambda plan: [Change(f"lr_x{f:g}" if f > 1 else f"lr_div{1 / f:g}", lr_factor=f) for f in factors]
-
-
-def has_dropout(plan: ScreenPlan) -> bool:
-    return bool(plan.ev.checks["dropout_sites"].data["sites"])
-
-
-def has_weight_decay(plan: ScreenPlan) -> bool:
-    return plan.ev.checks["weight_decay"].data["max"] > 0
-
-
-def inputs_off(plan: ScreenPlan) -> bool:
-    return bool(plan.ev.checks["input_stats"].data["off"])
-
-
-def frees_parameters(plan: ScreenPlan) -> bool:
-    return plan.ev.base is not None and movable_frozen(plan.ev.base)
-
-
-def not_shuffled(plan: ScreenPlan) -> bool:
-    return not plan.shuffled

@@ -27,14 +27,15 @@ Per model, in phases (one function each, in this order):
 - `_headroom`: for a run that learns with no reported cause, on request or below the seed's bar,
   the headroom screen (headroom.py): which one change makes it learn more ("slows learning");
 - `_finish`: the verdict (verdict.decide) and the report entry (JSON shape in report.py).
-The user's objects are never mutated and the global RNG state is restored (CPU, and CUDA on the
-device used only). Bad input (data, model output, loss, options) raises errors.UserInputError.
+The options are DiagnosisConfig (config.py, importable from here as before); the report entry
+is built by report.report_entry. The user's objects are never mutated and the global RNG state
+is restored (CPU, and CUDA on the device used only). Bad input (data, model output, loss,
+options) raises errors.UserInputError.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -43,66 +44,22 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..loaders import Data, load_data
-from ..registry import MODELS, build_model
+from ..loaders import Data
+from ..registry import build_model
 from ..runtime import pick_device, preserved_rng
 from . import contract, headroom, measure, user_data
 from . import thresholds as T
 from .causes import CAUSES, by_id
+from .config import DiagnosisConfig, dataset_summary, load_repo_data  # noqa: F401 (re-exported: .run kept them)
 from .errors import UserInputError
 from .experiments import Change, fit_batch, train_short
 from .loss_checks import check_loss
 from .recipe import Recipe
+from .report import report_entry
 from .rules import FitPlan
 from .stats import above_chance, chance_test, two_proportion_test
 from .subject import BadLabels, Subject, default_loss, model_factory, optimizer_factory, repo_data_subject
-from .verdict import Control, Evidence, decide, judge_learning, rank_causes, suggestions_for
-
-
-@dataclass
-class DiagnosisConfig:
-    models: list = field(default_factory=lambda: list(MODELS))  # registry names (run_diagnosis)
-    epochs: int = 5                       # epochs of the health-check training
-    recipe: str = "seed"                  # "seed" (where the failure was reported) or "strong"
-    dropout: str = "fixed"                # registry models: "fixed" or "legacy" (the seed's dropout)
-    lr: float | None = None               # override the recipe's lr (recipe optimizer only)
-    batch_size: int | None = None         # override the recipe's batch size (a user DataLoader keeps its own)
-    schedule_epochs: int = 50             # lr schedule horizon: the check is the first epochs of a 50-epoch run
-    train_per_class: int | None = None    # repo data: train images per class (None: all)
-    val_per_class: int | None = None      # repo data: val images per class (None: all 50)
-    probe_per_class: int | None = None    # held-out train images per class (None: 5% of train, >= 1)
-    data_dir: str | None = None           # dataset folder ($TINYIMAGENET_ROOT or ./data when None)
-    archive: str | None = None            # local path / URL of the archive to extract
-    download: bool = False                # fetch the archive into data_dir when absent
-    synthetic: bool = False               # generated offline data
-    normalize: bool = True                # repo data: False feeds [0,1] inputs (to reproduce that fault)
-    device: str = "auto"                  # "auto", "cpu", "cuda": decided once, passed to everything
-    amp: bool = True                      # bf16 autocast on CUDA
-    seed: int = 0                         # seeds the model, the batches and the experiments
-    fit_batch: int = 8                    # images in the fixed batch of the fit experiments
-    fit_steps: int = 50                   # max optimizer steps of each fit
-    control: bool = True                  # rerun training with a fix for the top causes
-    max_controls: int = 2                 # control runs at most per model (each costs one training run)
-    extend_epochs: int = T.EXTEND_EPOCHS  # a control trending right but not significant: both arms get this many more
-    extend_budget_s: float = T.EXTEND_BUDGET_S  # ... when the estimated cost fits this many seconds (0: never extend)
-    headroom: bool | None = None          # headroom screen of a run that learns; None: only below the seed's bar
-    headroom_budget: int = T.HEADROOM_BUDGET  # headroom: full control runs at most (after short screens)
-    headroom_screen_epochs: int = T.HEADROOM_SCREEN_EPOCHS  # headroom: epochs of each change's screen run
-    preflight_only: bool = False          # stop before training
-    progress: bool = True                 # print the plan and per-epoch lines
-    keys: tuple | None = None             # user data: (image key, label key) of dict samples, or tuple positions
-    iterable_cap: int = user_data.ITERABLE_CAP  # user data: samples read at most from an IterableDataset
-
-
-def load_repo_data(cfg: DiagnosisConfig) -> Data:
-    """The repo's Tiny ImageNet (or the synthetic set) as `cfg` asks: the one place it is loaded."""
-    return load_data(cfg.data_dir, archive=cfg.archive, synthetic=cfg.synthetic, download=cfg.download,
-                     train_per_class=cfg.train_per_class, val_per_class=cfg.val_per_class, progress=cfg.progress)
-
-
-def dataset_summary(data: Data) -> dict:
-    return {"root": data.root, "num_classes": data.num_classes, "train_images": len(data.train_targets),
-            "val_images": len(data.val_targets), "ln_num_classes": math.log(data.num_classes)}
+from .verdict import Control, Evidence, decide, judge_learning, rank_causes
 
 
 @dataclass
@@ -405,7 +362,7 @@ def _headroom(st: _State) -> None:
 
 
 def _finish(st: _State) -> dict:
-    result = _report(st.ev, st.config, [st.ev.base.to_json()] + [r.to_json() for r in st.ev.fits]
+    result = report_entry(st.ev, st.config, [st.ev.base.to_json()] + [r.to_json() for r in st.ev.fits]
                      if st.ev.base is not None else [], time.perf_counter() - st.t0)
     result["name"] = st.config["model"]
     if st.subject is not None:  # the images as read (a user's DataLoader, sampler or IterableDataset decides)
@@ -414,31 +371,6 @@ def _finish(st: _State) -> dict:
     result["slows"], result["headroom"] = st.slows, st.headroom
     return result
 
-
-def _report(ev: Evidence, config: dict, fit: list, seconds: float) -> dict:
-    """The report entry (shape: report.py) from the evidence; the verdict is decided here, once."""
-    found = rank_causes(ev)
-    v = decide(ev, found)
-    run = ev.run
-    last = run.grad_rows[-1]["step"] if run is not None and run.grad_rows else None
-    return dict(
-        config=config, checks=[c.to_json() for c in ev.checks.values()], fit=fit,
-        learning=ev.status, verdict=v.verdict, passed=v.verdict == "PASS", reasons=ev.reasons,
-        epochs=[{k: row[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "probe_acc")}
-                for row in (run.history if run else [])],
-        gradient_flow=[r for r in run.grad_rows if r["step"] == last] if last is not None else [],
-        significance={"val": dataclasses.asdict(ev.val_test) if ev.val_test else None,
-                      "probe": dataclasses.asdict(ev.probe_test) if ev.probe_test else None,
-                      "probe_vs_val": dataclasses.asdict(ev.gap_test) if ev.gap_test else None},
-        causes=[c.to_json() for c in v.causes], suggestions=suggestions_for(v.causes, ev),
-        controls=[{"cause": c.cause, "change": c.change.describe(), "val_acc": c.acc, "confirmed": c.confirms,
-                   "confirmed_by": c.criterion, "extended": c.extended,
-                   "test": dataclasses.asdict(c.test),
-                   "epochs": [{k: r[k] for k in ("epoch", "train_loss", "val_acc")} for r in c.result.history],
-                   "nonfinite": list(c.result.nonfinite) if c.result.nonfinite else None}
-                  for c in ev.controls],
-        nonfinite=list(run.nonfinite) if run and run.nonfinite else None,
-        seconds=seconds)
 
 
 def run_diagnosis(cfg: DiagnosisConfig, data: Data | None = None) -> dict:
