@@ -5,6 +5,7 @@
     python benchmarks/diagnosis_accuracy.py --only softmax_head not_shuffled --seeds 0
     python benchmarks/diagnosis_accuracy.py --list                    # the set-ups and their severities
     python benchmarks/diagnosis_accuracy.py --tier 200 --seeds 0      # only the 200-class tier (tier200.py)
+    python benchmarks/diagnosis_accuracy.py --watch --seeds 0 1 2     # loop and loss faults of user scripts (watcher)
 
 Each set-up (benchmarks/faults.py) injects one fault the way users make it into a user-style or
 registry model on the real Tiny ImageNet subset, or is healthy; `tinyimagenet.diagnosis.diagnose`
@@ -75,6 +76,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "in ../shared/data extracted to a temp folder)")
     p.add_argument("--list", action="store_true", help="print the set-ups and exit")
     p.add_argument("--tier", type=int, choices=(10, 200), help="only this tier's set-ups (default: both)")
+    p.add_argument("--watch", action="store_true",
+                   help="instead: the loop and loss faults of user-style training scripts, run under the watcher "
+                        "(python -m tinyimagenet.watch); recall per cause and false alarms (watch_faults.py)")
     p.add_argument("--summarize", nargs="+", metavar="JSON",
                    help="no runs: score rows saved with --json by several calls (a later file's row replaces an "
                         "earlier one for the same set-up and seed)")
@@ -195,6 +199,11 @@ def summary(rows: list) -> tuple[float, float, float]:
 
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
+    if args.watch:  # the loop is the user's: these faults are scored through the watcher, not diagnose()
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import watch_faults
+        return watch_faults.main(["--seeds", *map(str, args.seeds or [0, 1])]
+                                 + (["--json", args.json] if args.json else []))
     setups = SETUPS
     if args.list:
         for s in setups:

@@ -41,11 +41,11 @@ def run_one(edits, seed: int, folder: str, name: str) -> dict:
             "seconds": time.perf_counter() - t0}
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--json", help="write every run's result here")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     rows, results = [], {"faults": {}, "healthy": {}}
     with tempfile.TemporaryDirectory() as folder:
         for cause, edits in sorted(FAULTS.items()):
@@ -73,6 +73,7 @@ def main() -> None:
         with open(args.json + ".tmp", "w") as f:
             json.dump(results, f, indent=1)
         os.replace(args.json + ".tmp", args.json)
+    return {"top1_recall": n_hit / n_all, "false_alarms": alarms, "healthy_runs": n_ok, "results": results}
 
 
 if __name__ == "__main__":
