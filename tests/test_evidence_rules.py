@@ -32,7 +32,7 @@ from tinyimagenet.diagnosis import thresholds as T
 from tinyimagenet.diagnosis.experiments import Change, RunResult
 from tinyimagenet.diagnosis.rules import Judging, judge_exploding, judge_unlearnable, judge_vanishing
 from tinyimagenet.diagnosis.stats import above_chance, two_proportion_test
-from tinyimagenet.diagnosis.verdict import Control, Evidence
+from tinyimagenet.diagnosis.verdict import CONFIRMED, Control, Evidence, Finding, decide
 
 
 # ---------------------------------------------------------------- 1. controls confirm by what they remove
@@ -206,3 +206,17 @@ def test_a_trending_control_is_extended_within_the_budget(monkeypatch, capsys):
     ev.run, ev.reasons, st.cfg = result(10, 2), [], DiagnosisConfig(epochs=2, progress=False, extend_budget_s=10)
     run_mod._extend(st)
     assert trained == [] and any("over the budget" in r for r in ev.reasons)
+
+
+# ------------------------------------------------ the verdict so far is asked for more than once
+def test_decide_is_pure_so_the_report_says_each_reason_once():
+    # The extension and the headroom screen ask decide() for the verdict so far; the old decide()
+    # appended its sentences to the evidence each time, and the seed's own case printed
+    # "fixed-batch experiments point at learning_rate_too_low ..." twice.
+    ev = Evidence(200, {}, status="undecided", reasons=["val top-1 0.70% ..."])
+    found = [Finding("learning_rate_too_low", 0.5, ["fit"], tentative=True),
+             Finding("dropout_too_strong", 0.9, ["control"], tier=CONFIRMED, tentative=False)]
+    first, second = decide(ev, found), decide(ev, found)
+    assert ev.reasons == ["val top-1 0.70% ..."]
+    assert first.verdict == second.verdict == "FAIL" and [c.id for c in first.causes] == ["dropout_too_strong"]
+    assert first.reasons == second.reasons and len(first.reasons) == 1 and "learning_rate_too_low" in first.reasons[0]

@@ -47,7 +47,7 @@ def report_entry(ev: Evidence, config: dict, fit: list, seconds: float) -> dict:
     last = run.grad_rows[-1]["step"] if run is not None and run.grad_rows else None
     return dict(
         config=config, checks=[c.to_json() for c in ev.checks.values()], fit=fit,
-        learning=ev.status, verdict=v.verdict, passed=v.verdict == "PASS", reasons=ev.reasons,
+        learning=ev.status, verdict=v.verdict, passed=v.verdict == "PASS", reasons=ev.reasons + v.reasons,
         epochs=[{k: row[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "probe_acc")}
                 for row in (run.history if run else [])],
         gradient_flow=[r for r in run.grad_rows if r["step"] == last] if last is not None else [],

@@ -315,9 +315,7 @@ def _extend(st: _State) -> None:
     ev, cfg = st.ev, st.cfg
     if cfg.extend_epochs <= 0 or any(c.confirms for c in ev.controls) or ev.status not in ("stuck", "undecided"):
         return
-    reasons = list(ev.reasons)
     verdict = decide(ev, rank_causes(ev)).verdict
-    ev.reasons = reasons  # decide() only looked: its sentences come once, at the end
     trending = [c for c in ev.controls if c.acc > c.base_acc or c.loss_lower]
     if verdict != "INCONCLUSIVE" or not trending:
         return

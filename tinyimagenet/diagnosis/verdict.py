@@ -2,7 +2,7 @@
 
     status = judge_learning(ev)            # learning | stuck | undecided | diverged | not trained
     found = rank_causes(ev)                # every cause the evidence supports, best first
-    verdict = decide(ev, found)            # the reported causes, PASS/FAIL/INCONCLUSIVE, reasons
+    verdict = decide(ev, found)            # the reported causes, PASS/FAIL/INCONCLUSIVE, its sentences
 
 The rules, each stated once (the numbers in thresholds.py, the per-cause rules in causes.py):
 - Learning: val top-1 above chance by `stats.chance_test` (binomial and class-permutation). Not
@@ -141,6 +141,7 @@ class Evidence:
 class Verdict:
     verdict: str                          # PASS, FAIL or INCONCLUSIVE
     causes: list                          # the reported Findings, ranked
+    reasons: list = field(default_factory=list)  # what was left out and why (after ev.reasons in the report)
 
 
 def judge_learning(ev: Evidence) -> str:
@@ -219,25 +220,29 @@ def rank_causes(ev: Evidence) -> list[Finding]:
 
 
 def decide(ev: Evidence, found: list[Finding]) -> Verdict:
-    """The verdict from the ranked findings; says in `ev.reasons` what was left out, and why."""
+    """The verdict from the ranked findings, and sentences saying what was left out, and why.
+
+    Pure: it reads `ev` and writes nothing, so the phases can ask for the verdict so far (the
+    extension, the headroom screen) without the report saying it twice."""
+    reasons = []
     causes = [c for c in found if not c.tentative and not c.refuted]
     unconfirmed = [c.id for c in found if c.tentative and not c.refuted]
     refuted = [c.id for c in found if c.refuted]
     if refuted:
-        ev.reasons.append(f"fixed-batch experiments pointed at {', '.join(refuted)}, but the control run with that "
-                          "fix did no better: not reported as a cause")
+        reasons.append(f"fixed-batch experiments pointed at {', '.join(refuted)}, but the control run with that "
+                       "fix did no better: not reported as a cause")
     if unconfirmed:
         small = " the run is too small to call stuck and" if ev.status == "undecided" else ""
-        ev.reasons.append(f"fixed-batch experiments point at {', '.join(unconfirmed)}, but{small} no control "
-                          "confirmed it: not reported as a cause")
+        reasons.append(f"fixed-batch experiments point at {', '.join(unconfirmed)}, but{small} no control "
+                       "confirmed it: not reported as a cause")
     if ev.status in ("learning", "not trained") and not causes:
-        return Verdict("PASS", causes)
+        return Verdict("PASS", causes, reasons)
     if causes or ev.status == "diverged" or (ev.status == "stuck" and ev.full_data):
         if not causes:
-            ev.reasons.append("no cause isolated by any experiment")
-        return Verdict("FAIL", causes)
-    ev.reasons.append("no experiment isolated a cause; the verdict needs more data or epochs (see above)")
-    return Verdict("INCONCLUSIVE", causes)
+            reasons.append("no cause isolated by any experiment")
+        return Verdict("FAIL", causes, reasons)
+    reasons.append("no experiment isolated a cause; the verdict needs more data or epochs (see above)")
+    return Verdict("INCONCLUSIVE", causes, reasons)
 
 
 def suggestions_for(causes: list[Finding], ev: Evidence) -> list[str]:
