@@ -21,7 +21,8 @@ from tinyimagenet.diagnosis import measure
 from tinyimagenet.diagnosis import thresholds as T
 from tinyimagenet.diagnosis.causes import by_id
 from tinyimagenet.diagnosis.experiments import FitRun
-from tinyimagenet.diagnosis.headroom import below_seed_bar, candidates, wanted
+from tinyimagenet.diagnosis.experiments import Change
+from tinyimagenet.diagnosis.headroom import below_seed_bar, candidates, fit_worse, wanted
 from tinyimagenet.diagnosis.stats import ALPHA, newcombe_interval, two_proportion_test
 from tinyimagenet.diagnosis.verdict import Evidence
 
@@ -134,3 +135,18 @@ def test_candidates_come_from_the_causes_table():
     healthy = UserNet()
     ev = _evidence(healthy, x, torch.optim.Adam(healthy.parameters()))
     assert [cid for cid, _ in candidates(ev, shuffled=True)] == ["learning_rate_too_low"] + ["learning_rate_too_high"] * 2
+
+
+def test_fit_pruning_cuts_lr_factors_but_not_a_measured_conditions_removal():
+    # Raw 0-255 inputs under Adam memorize 8 images where standardized ones do not (the benchmark's
+    # inputs_0_255_plain): the fit must not drop the cause's own change, only an lr factor.
+    base = FitRun("base", 1e-3, losses=[2.3, 0.02, 0.01, 0.01], target=0.05)  # final: mean of the last 3
+    slower = FitRun("x", 1e-3, losses=[2.3, 1.6, 1.5, 1.5], target=0.05)
+    exploded = FitRun("x", 1e-3, losses=[2.3, float("nan")], nonfinite=True, target=0.05)
+    assert base.fitted and not slower.fitted and exploded.diverged
+    standardized = Change("standardized", standardize=((0.5,) * 3, (0.25,) * 3))
+    assert fit_worse(base, slower, Change("lr_div10", lr_factor=0.1)) == \
+        "its fixed-batch fit does not fit where the base fit does"
+    assert fit_worse(base, slower, standardized) == ""
+    assert fit_worse(base, slower, Change("no_dropout", no_dropout=True)) == ""
+    assert "diverges" in fit_worse(base, exploded, standardized)

@@ -13,9 +13,9 @@ decay 0, inputs standardized, every parameter trainable, batches shuffled; and l
 thresholds.HEADROOM_LR_UP/DOWN). Thresholds (seed bar, budget, tolerance) are in thresholds.py.
 In three steps:
 1. the fixed-batch fit of each change (8 images, <= 50 steps, same weights and batch as the base
-   fit): a change whose fit diverges, or does not fit where the base fit does, or ends higher when
-   neither fits, is dropped (`fit_worse`; cheap: it cuts lr /10 on an lr already too low before
-   it costs a screen epoch);
+   fit): a change whose fit diverges is dropped; an lr factor also when its fit does not fit where
+   the base fit does, or ends higher when neither fits (`fit_worse`; cheap: it cuts lr /10 on an lr
+   already too low before it costs a screen epoch);
 2. a short screen: each surviving change trained for `screen_epochs` epochs; ranked by the val
    loss (eval-mode cross-entropy, smoother than accuracy near chance) against the base run at the
    same epoch; the best `budget` that beat it go on;
@@ -29,6 +29,7 @@ callables for a fit and a run; imports nothing above it.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -98,20 +99,32 @@ def candidates(ev, shuffled: bool) -> list[tuple[str, Change]]:
     return [(cause.id, change) for cause in CAUSES for change in cause.screen_changes(ev, shuffled)]
 
 
-def fit_worse(base: FitRun | None, run: FitRun) -> str:
+def fit_worse(base: FitRun | None, run: FitRun, change: Change | None = None) -> str:
     """Why the change's fixed-batch fit is worse than the base fit, or '' when it is not.
 
     Not by steps to fit when both fit: a too-high lr memorizes 8 images fastest (Adam 0.1 with
-    BatchNorm fit in 9 steps, lr /10 in 13) while it generalizes worst; the screen judges that."""
+    BatchNorm fit in 9 steps, lr /10 in 13) while it generalizes worst; the screen judges that.
+    A change that removes a measured condition (dropout off, weight decay 0, inputs standardized,
+    parameters freed, batches shuffled; anything but an lr factor alone) is dropped only when its
+    fit diverges: memorizing 8 images slower says little about generalizing (raw 0-255 inputs
+    under Adam fit 8 images where standardized ones did not, benchmark set-up inputs_0_255_plain),
+    and there are few such changes. The fit rules cut lr factors (lr /10 on an lr already too low)."""
     if base is None:
         return ""
     if run.diverged and not base.diverged:
         return "its fixed-batch fit diverges where the base fit does not"
+    if change is not None and not _lr_only(change):
+        return ""
     if base.fitted and not run.fitted:
         return "its fixed-batch fit does not fit where the base fit does"
     if not base.fitted and not run.fitted and run.final > base.final + T.HEADROOM_FIT_TOLERANCE * base.initial:
         return f"its fixed-batch fit ends higher ({run.final:.3f}) than the base fit ({base.final:.3f})"
     return ""
+
+
+def _lr_only(change: Change) -> bool:
+    """The change is an lr factor and nothing else."""
+    return change.lr_factor != 1.0 and dataclasses.replace(change, name="base", lr_factor=1.0) == Change()
 
 
 def _count(preds: torch.Tensor | None, y: torch.Tensor) -> int:
@@ -140,7 +153,7 @@ def screen(subject: Subject, ev, *, fit: Callable[[Change], FitRun], run: Callab
     for cause, change in cands:
         f = fits.get(change.name) or fit(change)
         row = {"cause": cause, "change": change.describe(), "fit": f.describe()}
-        worse = fit_worse(base_fit, f)
+        worse = fit_worse(base_fit, f, change)
         if worse:
             row["dropped"] = worse
             log(f"[{subject.name}] headroom: {change.describe()} not screened: {worse}")
