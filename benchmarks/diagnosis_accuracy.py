@@ -144,6 +144,21 @@ def _fmt(row) -> str:
             f"{top:<36} {str(row['rank']):>4} {row['seconds']:>6.1f}")
 
 
+def _planted_change(row: dict) -> str:
+    """What the screen measured of the planted cause's own change, for a miss: what the fault cost."""
+    for h in row.get("headroom") or []:
+        if not isinstance(h, dict) or h.get("cause") != row["cause"]:
+            continue
+        if "full" in h:
+            return f"{h['change']}: {h['full']['gain']:+.1f} points, p = {h['full']['p_value']:.2g} (not significant)"
+        if "dropped" in h:
+            return f"{h['change']}: dropped ({h['dropped']})"
+        if "screen_val_acc" in h:
+            return (f"{h['change']}: not better after the screen's epoch ({h['screen_val_acc']:.1f}% vs "
+                    f"{h['base_val_acc']:.1f}%, val loss {h['screen_val_loss']:.3f} vs {h['base_val_loss']:.3f})")
+    return "no change from outside applies (e.g. a .detach() in the forward)"
+
+
 def summary(rows: list) -> tuple[float, float, float]:
     faulty = [r for r in rows if r["cause"] != "healthy"]
     healthy = [r for r in rows if r["cause"] == "healthy"]
@@ -173,7 +188,8 @@ def summary(rows: list) -> tuple[float, float, float]:
         print("faulty set-ups whose model learned anyway (PASS), and the screen's top finding:")
         for r in learned:
             slows = ", ".join(f"{f['id']} {f['gain']:+.1f}" for f in r.get("slows", [])) or "no finding"
-            print(f"  {'ok ' if r['correct'] else 'MISS'} {r['setup']} (seed {r['seed']}, planted {r['cause']}): {slows}")
+            why = "" if r["correct"] else f"; {_planted_change(r)}"
+            print(f"  {'ok ' if r['correct'] else 'MISS'} {r['setup']} (seed {r['seed']}, planted {r['cause']}): {slows}{why}")
     found = [r for r in healthy if r.get("slows")]
     print(f"healthy set-ups with 'slows learning' findings (not alarms; real headroom of that recipe): "
           + ("; ".join(f"{r['setup']} seed {r['seed']}: " + ", ".join(
