@@ -150,7 +150,9 @@ def _planted_change(row: dict) -> str:
         if not isinstance(h, dict) or h.get("cause") != row["cause"]:
             continue
         if "full" in h:
-            return f"{h['change']}: {h['full']['gain']:+.1f} points, p = {h['full']['p_value']:.2g} (not significant)"
+            full = h["full"]
+            return (f"{h['change']}: {full['gain']:+.1f} points, p = {full['p_value']:.2g}"
+                    f"{'' if full['significant'] else ' (not significant)'}")
         if "dropped" in h:
             return f"{h['change']}: dropped ({h['dropped']})"
         if "screen_val_acc" in h:

@@ -20,8 +20,7 @@ from tinyimagenet.diagnosis import DiagnosisConfig, diagnose, format_model
 from tinyimagenet.diagnosis import measure
 from tinyimagenet.diagnosis import thresholds as T
 from tinyimagenet.diagnosis.causes import by_id
-from tinyimagenet.diagnosis.experiments import FitRun
-from tinyimagenet.diagnosis.experiments import Change
+from tinyimagenet.diagnosis.experiments import Change, FitRun
 from tinyimagenet.diagnosis.headroom import below_seed_bar, candidates, fit_worse, wanted
 from tinyimagenet.diagnosis.stats import ALPHA, newcombe_interval, two_proportion_test
 from tinyimagenet.diagnosis.verdict import Evidence

@@ -99,7 +99,7 @@ def candidates(ev, shuffled: bool) -> list[tuple[str, Change]]:
     return [(cause.id, change) for cause in CAUSES for change in cause.screen_changes(ev, shuffled)]
 
 
-def fit_worse(base: FitRun | None, run: FitRun, change: Change | None = None) -> str:
+def fit_worse(base: FitRun | None, run: FitRun, change: Change) -> str:
     """Why the change's fixed-batch fit is worse than the base fit, or '' when it is not.
 
     Not by steps to fit when both fit: a too-high lr memorizes 8 images fastest (Adam 0.1 with
@@ -113,7 +113,7 @@ def fit_worse(base: FitRun | None, run: FitRun, change: Change | None = None) ->
         return ""
     if run.diverged and not base.diverged:
         return "its fixed-batch fit diverges where the base fit does not"
-    if change is not None and not _lr_only(change):
+    if not _lr_only(change):
         return ""
     if base.fitted and not run.fitted:
         return "its fixed-batch fit does not fit where the base fit does"
